@@ -1,0 +1,103 @@
+"""Pieces shared by the CLI commands: errors to exit codes, passphrases, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from certwright.errors import CertwrightError
+
+# Exit codes scripts can rely on (the CLI contract of issue 2).
+EXIT_OK = 0
+EXIT_REFUSED = 1  # refused or invalid input; the message on stderr says what is wrong
+EXIT_USAGE = 2  # click's own code for usage errors
+
+PASSPHRASE_ENV = "CERTWRIGHT_CA_PASSPHRASE"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Refused(CertwrightError):
+    """Raised by CLI code for a refusal detected at the edge (maps to exit code 1)."""
+
+
+class CertwrightGroup(click.Group):
+    """A click group that turns certwright errors into a message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CertwrightError as exc:
+            fail(str(exc))
+        except FileExistsError as exc:
+            fail(f"{exc} (use --force to replace it)")
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            fail(f"cannot access{where}: {exc.strerror or exc}")
+
+
+def fail(message: str) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    sys.exit(EXIT_REFUSED)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def read_passphrase(
+    passphrase_file: Path | None, *, env: str = PASSPHRASE_ENV, what: str = "CA", confirm: bool = False
+) -> bytes:
+    """The passphrase from ``--passphrase-file``, the environment, or a prompt on a terminal."""
+    if passphrase_file is not None:
+        try:
+            data = passphrase_file.read_bytes()
+        except OSError as exc:
+            raise Refused(f"cannot read passphrase file {passphrase_file}: {exc.strerror}") from None
+        value = data.rstrip(b"\r\n")
+        if not value:
+            raise Refused(f"passphrase file {passphrase_file} is empty")
+        return value
+    from_env = os.environ.get(env)
+    if from_env:
+        return from_env.encode()
+    if sys.stdin.isatty():
+        typed: str = click.prompt(
+            f"{what} passphrase", hide_input=True, confirmation_prompt=confirm, err=True
+        )
+        return typed.encode()
+    raise Refused(f"the {what} key is encrypted: give --passphrase-file F or set {env}")
+
+
+def passphrase_option(f: F) -> F:
+    return click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"File holding the CA passphrase (default: ${PASSPHRASE_ENV}).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
+
+
+def parse_attributes(pairs: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise Refused(f"attribute {pair!r}: expected KEY=VALUE")
+        if key in out:
+            raise Refused(f"attribute {key!r} given twice")
+        out[key] = value
+    return out

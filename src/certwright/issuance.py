@@ -1,0 +1,568 @@
+"""The authority: self-signed roots, intermediates, and leaves from CSRs or public keys.
+
+Issuance assembles the TBSCertificate from parts encoded once per issuer and profile (the
+issuer name, signature algorithm, authority key identifier, key usage, EKU, basic
+constraints, URLs) and the few parts that differ per certificate (serial, validity,
+subject, key, SANs, key identifier, authorization extension), then makes one signature.
+``cryptography``'s CertificateBuilder re-encodes every extension from Python objects on
+each call, which costs two to three signatures' worth of time per leaf; the tests check
+that what is built here is byte for byte what the builder produces.
+
+Example::
+
+    >>> from certwright.issuance import create_root, Authority
+    >>> from certwright.x509.keys import generate_key
+    >>> from certwright.x509.profiles import BUILTIN_PROFILES, CASettings
+    >>> from certwright.x509.identity import SpiffeId
+    >>> settings = CASettings(trust_domain="example.org")
+    >>> root_key = generate_key()
+    >>> root = create_root(root_key, subject="CN=Example Root", settings=settings)
+    >>> ca = Authority(certificate=root, key=root_key, settings=settings)
+    >>> leaf = ca.issue(generate_key().public_key(), profile=BUILTIN_PROFILES["mtls"],
+    ...                 identity=SpiffeId.parse("spiffe://example.org/web"))
+    >>> leaf.issuer == root.subject
+    True
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
+
+from certwright.clock import Clock, SystemClock
+from certwright.errors import InvalidCSRError, InvalidInputError, PolicyViolation
+from certwright.x509 import der
+from certwright.x509.authz import Authorization
+from certwright.x509.identity import SpiffeId
+from certwright.x509.keys import PublicKey, SigningKey, key_type_of
+from certwright.x509.names import SubjectAltNames, parse_subject
+from certwright.x509.profiles import (
+    BUILTIN_PROFILES,
+    CASettings,
+    ExtendedKeyUsage,
+    KeyUsageFlag,
+    Profile,
+    Request,
+)
+
+# RFC 5280 4.1.2.2: at most 20 octets, positive. 127 random bits (CA/B asks for >= 64).
+SERIAL_BITS = 127
+_V3 = der.tlv(0xA0, der.integer(2))
+_OID = {
+    oid: der.oid(oid)
+    for oid in (
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.EXTENDED_KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+        ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+        ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+        ExtensionOID.NAME_CONSTRAINTS,
+        ExtensionOID.CRL_DISTRIBUTION_POINTS,
+        ExtensionOID.AUTHORITY_INFORMATION_ACCESS,
+        ExtensionOID.OCSP_NO_CHECK,
+    )
+}
+
+
+# The SubjectKeyIdentifier extension for a 20-octet SHA-1 key id, minus the id itself.
+_SKI_PREFIX = der.extension(
+    _OID[ExtensionOID.SUBJECT_KEY_IDENTIFIER], False, der.tlv(der.OCTET_STRING, bytes(20))
+)[:-20]
+
+
+@functools.lru_cache(maxsize=64)  # certificates issued in the same second share it
+def _validity_der(not_before: datetime.datetime, not_after: datetime.datetime) -> bytes:
+    return der.sequence(der.time(not_before), der.time(not_after))
+
+
+def random_serial() -> int:
+    """A positive serial number of :data:`SERIAL_BITS` CSPRNG bits (never zero)."""
+    while True:
+        serial = secrets.randbits(SERIAL_BITS)
+        if serial:
+            return serial
+
+
+@dataclass(frozen=True)
+class _Signer:
+    """How one key signs: the AlgorithmIdentifier to announce and the signing call."""
+
+    algorithm_der: bytes
+    sign: Callable[[bytes], bytes]
+
+
+def _signer(key: SigningKey) -> _Signer:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return _Signer(der.sequence(der.oid("1.3.101.112")), key.sign)  # RFC 8410 3
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        sha384 = key.curve.key_size > 256
+        algorithm = ec.ECDSA(hashes.SHA384() if sha384 else hashes.SHA256())
+        oid = "1.2.840.10045.4.3.3" if sha384 else "1.2.840.10045.4.3.2"  # RFC 5758 3.2
+
+        def sign_ec(data: bytes) -> bytes:
+            return key.sign(data, algorithm)
+
+        return _Signer(der.sequence(der.oid(oid)), sign_ec)
+    if isinstance(key, rsa.RSAPrivateKey):
+        pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+
+        def sign_rsa(data: bytes) -> bytes:
+            return key.sign(data, pkcs1, sha256)
+
+        # RFC 4055 5: the parameters of sha256WithRSAEncryption are NULL.
+        return _Signer(der.sequence(der.oid("1.2.840.113549.1.1.11"), b"\x05\x00"), sign_rsa)
+    raise InvalidInputError(f"cannot sign with a {type(key).__name__}")
+
+
+def _spki_and_key_id(public_key: PublicKey) -> tuple[bytes, bytes]:
+    """SubjectPublicKeyInfo DER and its RFC 5280 4.2.1.2 (method 1) key identifier."""
+    spki = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    _, start, _ = der.read_tlv(spki)
+    _, _, alg_end = der.read_tlv(spki, start)
+    _, bits_start, bits_end = der.read_tlv(spki, alg_end)
+    # The SHA-1 of the subjectPublicKey BIT STRING, without tag, length and unused-bits octet.
+    key_id = hashlib.sha1(spki[bits_start + 1 : bits_end], usedforsecurity=False).digest()
+    return spki, key_id
+
+
+def _san_value(sans: SubjectAltNames) -> bytes:
+    # GeneralName tags (RFC 5280 4.2.1.6): [1] rfc822Name, [2] dNSName, [6] URI, [7] iPAddress.
+    parts = [der.tlv(0x86, u.encode("ascii")) for u in sans.uris]
+    parts += [der.tlv(0x82, d.encode("ascii")) for d in sans.dns]
+    parts += [der.tlv(0x87, ip.packed) for ip in sans.ips]
+    parts += [der.tlv(0x81, e.encode("ascii")) for e in sans.emails]
+    return der.sequence(*parts)
+
+
+def _key_usage(flags: frozenset[KeyUsageFlag]) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=KeyUsageFlag.DIGITAL_SIGNATURE in flags,
+        content_commitment=KeyUsageFlag.CONTENT_COMMITMENT in flags,
+        key_encipherment=KeyUsageFlag.KEY_ENCIPHERMENT in flags,
+        data_encipherment=KeyUsageFlag.DATA_ENCIPHERMENT in flags,
+        key_agreement=KeyUsageFlag.KEY_AGREEMENT in flags,
+        key_cert_sign=KeyUsageFlag.KEY_CERT_SIGN in flags,
+        crl_sign=KeyUsageFlag.CRL_SIGN in flags,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def name_constraints(settings: CASettings) -> x509.NameConstraints:
+    """Permitted subtrees for an issuing CA: the trust domain as URI host, and the DNS zones.
+
+    RFC 5280 4.2.1.10: a URI constraint names a host; ``example.org`` matches SPIFFE IDs
+    of exactly that trust domain. A DNS constraint covers the zone and all names below it.
+    """
+    permitted: list[x509.GeneralName] = [x509.UniformResourceIdentifier(settings.trust_domain)]
+    permitted += [x509.DNSName(zone) for zone in settings.dns_zones]
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
+
+
+def _profile_extensions(profile: Profile, settings: CASettings) -> tuple[list[bytes], list[bytes]]:
+    """The DER of a profile's fixed extensions: (before the SAN, after the AKI)."""
+    head = [
+        der.extension(
+            _OID[ExtensionOID.BASIC_CONSTRAINTS],
+            True,
+            x509.BasicConstraints(ca=profile.ca, path_length=profile.path_length).public_bytes(),
+        ),
+        der.extension(_OID[ExtensionOID.KEY_USAGE], True, _key_usage(profile.key_usage).public_bytes()),
+    ]
+    if profile.extended_key_usage:
+        eku = x509.ExtendedKeyUsage([e.oid for e in profile.extended_key_usage])
+        head.append(der.extension(_OID[ExtensionOID.EXTENDED_KEY_USAGE], False, eku.public_bytes()))
+    tail = []
+    if profile.name_constraints:
+        # RFC 5280 4.2.1.10: conforming CAs MUST mark this extension critical.
+        tail.append(
+            der.extension(
+                _OID[ExtensionOID.NAME_CONSTRAINTS], True, name_constraints(settings).public_bytes()
+            )
+        )
+    # The CA-wide URLs describe what this CA publishes for its leaves; a CA profile gets
+    # URLs only when it names them itself (they would point at the parent's CRL).
+    crl_urls = profile.crl_urls or ((), settings.crl_urls)[not profile.ca]
+    if crl_urls:
+        points = [
+            x509.DistributionPoint([x509.UniformResourceIdentifier(u)], None, None, None) for u in crl_urls
+        ]
+        tail.append(
+            der.extension(
+                _OID[ExtensionOID.CRL_DISTRIBUTION_POINTS],
+                False,
+                x509.CRLDistributionPoints(points).public_bytes(),
+            )
+        )
+    access = [
+        x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(u))
+        for u in (profile.ocsp_urls or ((), settings.ocsp_urls)[not profile.ca])
+    ]
+    access += [
+        x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(u))
+        for u in (profile.ca_issuer_urls or ((), settings.ca_issuer_urls)[not profile.ca])
+    ]
+    if access and not profile.ocsp_no_check:
+        tail.append(
+            der.extension(
+                _OID[ExtensionOID.AUTHORITY_INFORMATION_ACCESS],
+                False,
+                x509.AuthorityInformationAccess(access).public_bytes(),
+            )
+        )
+    if profile.ocsp_no_check:
+        # RFC 6960 4.2.2.2.1: responders trusted for their lifetime carry id-pkix-ocsp-nocheck.
+        tail.append(der.extension(_OID[ExtensionOID.OCSP_NO_CHECK], False, x509.OCSPNoCheck().public_bytes()))
+    return head, tail
+
+
+_EMPTY_NAME = der.sequence()
+_CN_OID = der.oid(NameOID.COMMON_NAME)
+
+
+def _label_der(identity: SpiffeId | None, sans: SubjectAltNames) -> bytes:
+    """The default subject: a CN label only (identity lives in the SAN, not the subject).
+
+    RFC 5280 4.1.2.6 / X.520: CN is a UTF8String of at most 64 characters.
+    """
+    if identity is not None and identity.segments:
+        label = identity.segments[-1]
+    elif sans.dns:
+        label = sans.dns[0]
+    else:
+        return _EMPTY_NAME
+    value = der.tlv(0x0C, label[:64].encode("utf-8"))
+    return der.sequence(der.tlv(der.SET, der.sequence(_CN_OID, value)))
+
+
+@dataclass(frozen=True)
+class _Template:
+    """Everything about a certificate that is fixed for one issuer and one profile."""
+
+    prefix: bytes  # version + (serial goes here) ... see Authority._tbs
+    algorithm: bytes
+    issuer: bytes
+    head: bytes
+    tail: bytes
+
+
+class Authority:
+    """A CA that issues: its certificate, private key, the chain above it, and settings.
+
+    ``chain`` lists the certificates above this one (its issuer first, the root last);
+    :meth:`chain_for` returns what a leaf should present.
+    """
+
+    def __init__(
+        self,
+        *,
+        certificate: x509.Certificate,
+        key: SigningKey,
+        settings: CASettings,
+        chain: tuple[x509.Certificate, ...] = (),
+        clock: Clock | None = None,
+    ) -> None:
+        if _spki_and_key_id(key.public_key())[0] != _spki_and_key_id(certificate.public_key())[0]:
+            raise InvalidInputError("the CA key does not match the CA certificate")
+        try:
+            constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is None or not constraints.value.ca:
+            raise InvalidInputError("the certificate is not a CA certificate (no CA:true)")
+        self.certificate = certificate
+        self.key = key
+        self.settings = settings
+        self.chain = chain
+        self.clock: Clock = clock or SystemClock()
+        self._signer = _signer(key)
+        self._issuer_der = certificate.subject.public_bytes()
+        self._aki = der.extension(
+            _OID[ExtensionOID.AUTHORITY_KEY_IDENTIFIER],
+            False,
+            der.sequence(der.tlv(0x80, _spki_and_key_id(key.public_key())[1])),
+        )
+        self._templates: dict[int, tuple[Profile, _Template]] = {}
+        self._authz_oid = der.oid(settings.extension_oid)
+        self._issuer_start = certificate.not_valid_before_utc
+        self._issuer_end = certificate.not_valid_after_utc
+
+    def chain_for_leaf(self) -> tuple[x509.Certificate, ...]:
+        """Certificates a leaf presents after itself: this CA and those above it, no root."""
+        return tuple(c for c in (self.certificate, *self.chain) if not _self_signed(c))
+
+    def issue(
+        self,
+        public_key: PublicKey,
+        *,
+        profile: Profile,
+        identity: SpiffeId | None = None,
+        sans: SubjectAltNames | None = None,
+        authorization: Authorization | None = None,
+        subject: x509.Name | str | None = None,
+        lifetime: datetime.timedelta | None = None,
+    ) -> x509.Certificate:
+        """Issue a certificate for ``public_key`` under ``profile``.
+
+        The identity becomes the certificate's one URI SAN; ``sans`` adds DNS names, IP
+        addresses and email addresses. Raises :class:`PolicyViolation` with the reason
+        when the profile does not allow the request.
+        """
+        sans = sans or SubjectAltNames()
+        authorization = authorization or Authorization()
+        request = Request(
+            key_type=key_type_of(public_key),
+            identity=identity,
+            sans=sans,
+            authorization=authorization,
+            lifetime=lifetime,
+        )
+        profile.check(request, self.settings)
+        if identity is not None:
+            # The identity leads: it is the certificate's one URI SAN (checked above).
+            sans = SubjectAltNames(uris=(str(identity),), dns=sans.dns, ips=sans.ips, emails=sans.emails)
+        name = parse_subject(subject) if isinstance(subject, str) else subject
+        subject_der = _label_der(identity, sans) if name is None else name.public_bytes()
+        return self._build(
+            public_key,
+            profile=profile,
+            subject=subject_der,
+            sans=sans,
+            authorization=authorization,
+            lifetime=profile.lifetime_for(lifetime),
+        )
+
+    def sign_csr(
+        self,
+        csr: x509.CertificateSigningRequest,
+        *,
+        profile: Profile,
+        identity: SpiffeId | None = None,
+        sans: SubjectAltNames | None = None,
+        authorization: Authorization | None = None,
+        subject: x509.Name | str | None = None,
+        lifetime: datetime.timedelta | None = None,
+    ) -> x509.Certificate:
+        """Issue for a CSR after verifying its signature (proof of possession).
+
+        Of the CSR's requested extensions only the SANs are read, and they pass the same
+        profile checks as any request; a request for CA:true is refused outright, the rest
+        (key usage, EKU, anything else) is ignored: the profile decides those.
+        """
+        # RFC 2986 3: the signature proves the requester holds the private key.
+        if not csr.is_signature_valid:
+            raise InvalidCSRError(
+                "the CSR signature does not verify: it was altered or not signed by its own key"
+            )
+        requested = SubjectAltNames.of(csr)
+        wants_ca = _csr_wants_ca(csr)
+        if wants_ca and not profile.ca:
+            raise PolicyViolation(
+                f"the CSR asks for CA:true, which profile {profile.name!r} does not issue",
+                field="basic_constraints",
+            )
+        identity = _identity_from_csr(requested, identity)
+        extra = SubjectAltNames(dns=requested.dns, ips=requested.ips, emails=requested.emails)
+        merged = extra.merge(sans) if sans is not None else extra
+        if subject is None:
+            subject = _csr_label(csr)
+        return self.issue(
+            csr.public_key(),
+            profile=profile,
+            identity=identity,
+            sans=merged,
+            authorization=authorization,
+            subject=subject,
+            lifetime=lifetime,
+        )
+
+    def create_intermediate(
+        self,
+        public_key: PublicKey,
+        *,
+        subject: x509.Name | str,
+        profile: Profile | None = None,
+        lifetime: datetime.timedelta | None = None,
+    ) -> x509.Certificate:
+        """Issue a subordinate CA certificate, name-constrained by the intermediate profile."""
+        profile = profile or BUILTIN_PROFILES["intermediate-ca"]
+        if not profile.ca:
+            raise PolicyViolation(f"profile {profile.name!r} is not a CA profile", field="profile")
+        return self.issue(public_key, profile=profile, subject=subject, lifetime=lifetime)
+
+    def _template(self, profile: Profile) -> _Template:
+        cached = self._templates.get(id(profile))
+        if cached is not None and cached[0] is profile:
+            return cached[1]
+        head, tail = _profile_extensions(profile, self.settings)
+        template = _Template(
+            prefix=_V3,
+            algorithm=self._signer.algorithm_der,
+            issuer=self._issuer_der,
+            head=b"".join(head),
+            tail=b"".join(tail),
+        )
+        self._templates[id(profile)] = (profile, template)
+        return template
+
+    def _validity(self, lifetime: datetime.timedelta) -> tuple[datetime.datetime, datetime.datetime]:
+        now = self.clock.now().replace(microsecond=0)
+        issuer_start, issuer_end = self._issuer_start, self._issuer_end
+        if now >= issuer_end:
+            raise PolicyViolation(f"the issuing CA expired at {issuer_end.isoformat()}", field="issuer")
+        not_before = max(now - self.settings.backdate, issuer_start)
+        # A leaf never outlives its issuer (RFC 5280 6.1.3 would reject it at that point).
+        not_after = min(now + lifetime, issuer_end)
+        return not_before, not_after
+
+    def _build(
+        self,
+        public_key: PublicKey,
+        *,
+        profile: Profile,
+        subject: bytes,
+        sans: SubjectAltNames,
+        authorization: Authorization,
+        lifetime: datetime.timedelta,
+    ) -> x509.Certificate:
+        template = self._template(profile)
+        spki, key_id = _spki_and_key_id(public_key)
+        not_before, not_after = self._validity(lifetime)
+        extensions = [template.head]
+        if sans:
+            # RFC 5280 4.2.1.6: with an empty subject the SAN extension MUST be critical.
+            critical = subject == _EMPTY_NAME
+            extensions.append(
+                der.extension(_OID[ExtensionOID.SUBJECT_ALTERNATIVE_NAME], critical, _san_value(sans))
+            )
+        extensions.append(_SKI_PREFIX + key_id)
+        extensions.append(self._aki)
+        extensions.append(template.tail)
+        if authorization:
+            extensions.append(der.extension(self._authz_oid, False, authorization.to_der()))
+        tbs = der.sequence(
+            template.prefix,
+            der.integer(random_serial()),
+            template.algorithm,
+            template.issuer,
+            _validity_der(not_before, not_after),
+            subject,
+            spki,
+            der.tlv(0xA3, der.sequence(*extensions)),
+        )
+        signature = self._signer.sign(tbs)
+        return x509.load_der_x509_certificate(
+            der.sequence(tbs, template.algorithm, der.bit_string(signature))
+        )
+
+
+def create_root(
+    key: SigningKey,
+    *,
+    subject: x509.Name | str,
+    settings: CASettings,
+    lifetime: datetime.timedelta | None = None,
+    profile: Profile | None = None,
+    clock: Clock | None = None,
+) -> x509.Certificate:
+    """Create a self-signed root CA certificate for ``key``."""
+    profile = profile or BUILTIN_PROFILES["root-ca"]
+    if not profile.ca:
+        raise PolicyViolation(f"profile {profile.name!r} is not a CA profile", field="profile")
+    name = parse_subject(subject) if isinstance(subject, str) else subject
+    if len(name) == 0:
+        raise InvalidInputError("a root CA needs a subject name (for example CN=Example Root CA)")
+    request = Request(
+        key_type=key_type_of(key),
+        identity=None,
+        sans=SubjectAltNames(),
+        authorization=Authorization(),
+        lifetime=lifetime,
+    )
+    profile.check(request, settings)
+    clock = clock or SystemClock()
+    now = clock.now().replace(microsecond=0)
+    # A throw-away self-signed shell gives the Authority machinery an issuer to work from;
+    # the real root is then issued by that authority to itself (same name, same key).
+    shell = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(random_serial())
+        .not_valid_before(now - settings.backdate)
+        .not_valid_after(now + profile.lifetime_for(lifetime) + settings.backdate)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, _hash_for(key))
+    )
+    authority = Authority(certificate=shell, key=key, settings=settings, clock=clock)
+    return authority._build(
+        key.public_key(),
+        profile=profile,
+        subject=name.public_bytes(),
+        sans=SubjectAltNames(),
+        authorization=Authorization(),
+        lifetime=profile.lifetime_for(lifetime),
+    )
+
+
+def _hash_for(key: SigningKey) -> hashes.SHA256 | hashes.SHA384 | None:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    return cert.subject == cert.issuer
+
+
+def _csr_wants_ca(csr: x509.CertificateSigningRequest) -> bool:
+    try:
+        return bool(csr.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+    except ValueError as exc:
+        raise InvalidCSRError(f"the CSR has a malformed extension: {exc}") from exc
+
+
+def _identity_from_csr(requested: SubjectAltNames, identity: SpiffeId | None) -> SpiffeId | None:
+    if len(requested.uris) > 1:
+        raise PolicyViolation(
+            "the CSR asks for more than one URI SAN; a certificate carries exactly one identity",
+            field="uri",
+        )
+    if not requested.uris:
+        return identity
+    asked = SpiffeId.parse(requested.uris[0])
+    if identity is not None and asked != identity:
+        raise PolicyViolation(
+            f"the CSR asks for identity {asked}, but the request is for {identity}",
+            field="identity",
+        )
+    return asked
+
+
+def _csr_label(csr: x509.CertificateSigningRequest) -> x509.Name | None:
+    """Only the CSR's CN is kept, as a label: other subject fields are the CA's to assert."""
+    common_names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not common_names:
+        return None
+    value = str(common_names[0].value)
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, value)])
+
+
+__all__ = ["Authority", "ExtendedKeyUsage", "create_root", "name_constraints", "random_serial"]
