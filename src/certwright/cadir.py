@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -171,6 +172,7 @@ def init_ca(
         lifetime=intermediate_lifetime,
     )
     parent = directory.absolute().parent
+    made_parents = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
     parent.mkdir(parents=True, exist_ok=True)
     staging = parent / f".{directory.name}.{secrets.token_hex(4)}.partial"
     staging.mkdir(mode=0o700)
@@ -186,6 +188,9 @@ def init_ca(
         os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for made in made_parents:  # the parents created above, when still empty
+            with contextlib.suppress(OSError):
+                made.rmdir()
         raise
     authority = Authority(
         certificate=intermediate, key=issuing_key, settings=settings, chain=(root,), clock=clock

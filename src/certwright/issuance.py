@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -206,15 +207,17 @@ def _profile_extensions(profile: Profile, settings: CASettings) -> tuple[list[by
                 x509.CRLDistributionPoints(points).public_bytes(),
             )
         )
+    # An ocsp-nocheck responder is not itself checked by OCSP (RFC 6960 4.2.2.2.1): no OCSP URL.
+    ocsp_urls = () if profile.ocsp_no_check else (profile.ocsp_urls or ((), settings.ocsp_urls)[not profile.ca])
     access = [
         x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(u))
-        for u in (profile.ocsp_urls or ((), settings.ocsp_urls)[not profile.ca])
+        for u in ocsp_urls
     ]
     access += [
         x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(u))
         for u in (profile.ca_issuer_urls or ((), settings.ca_issuer_urls)[not profile.ca])
     ]
-    if access and not profile.ocsp_no_check:
+    if access:
         tail.append(
             der.extension(
                 _OID[ExtensionOID.AUTHORITY_INFORMATION_ACCESS],
@@ -238,7 +241,10 @@ def _label_der(identity: SpiffeId | None, sans: SubjectAltNames) -> bytes:
     RFC 5280 4.1.2.6 / X.520: CN is a UTF8String of at most 64 characters.
     """
     if identity is not None and identity.segments:
-        label = identity.segments[-1]
+        # Without a DNS SAN, OpenSSL reads a dotted CN as a host name and holds it to the
+        # issuer's DNS name constraints (NAME_CONSTRAINTS_check_CN): "api.v2" would make
+        # the chain fail, so the label keeps no dots.
+        label = identity.segments[-1].replace(".", "-")
     elif sans.dns:
         label = sans.dns[0]
     else:
@@ -296,6 +302,7 @@ class Authority:
         )
         self._templates: dict[int, tuple[Profile, _Template]] = {}
         self._authz_oid = der.oid(settings.extension_oid)
+        self._dns_zones = _permitted_dns(certificate)
         self._issuer_start = certificate.not_valid_before_utc
         self._issuer_end = certificate.not_valid_after_utc
 
@@ -334,7 +341,18 @@ class Authority:
             # The identity leads: it is the certificate's one URI SAN (checked above).
             sans = SubjectAltNames(uris=(str(identity),), dns=sans.dns, ips=sans.ips, emails=sans.emails)
         name = parse_subject(subject) if isinstance(subject, str) else subject
-        subject_der = _label_der(identity, sans) if name is None else name.public_bytes()
+        if name is None:
+            subject_der = _label_der(identity, sans)
+        else:
+            self._check_common_name(name, sans)
+            subject_der = name.public_bytes()
+        if subject_der == _EMPTY_NAME and not sans:
+            # RFC 5280 4.1.2.6, 4.2.1.6: an empty subject needs a SAN, else the certificate names nobody.
+            raise PolicyViolation(
+                f"the certificate would name nobody: give a subject (e.g. CN=...) or a SAN that profile "
+                f"{profile.name!r} allows",
+                field="subject",
+            )
         return self._build(
             public_key,
             profile=profile,
@@ -343,6 +361,27 @@ class Authority:
             authorization=authorization,
             lifetime=profile.lifetime_for(lifetime),
         )
+
+    def _check_common_name(self, name: x509.Name, sans: SubjectAltNames) -> None:
+        """Refuse a host-name-like CN that the issuer's DNS name constraints exclude.
+
+        With no DNS SAN, OpenSSL (and so nginx, curl, Python's ssl) checks a CN that looks
+        like a host name against the DNS name constraints: such a certificate would be
+        issued fine and then refused by every relying party.
+        """
+        if sans.dns or not self._dns_zones:
+            return
+        for attribute in name.get_attributes_for_oid(NameOID.COMMON_NAME):
+            value = str(attribute.value).lower().rstrip(".")
+            if "." not in value or not _HOSTNAME_LIKE.fullmatch(value):
+                continue
+            if not any(value == z or value.endswith("." + z) for z in self._dns_zones):
+                raise PolicyViolation(
+                    f"subject CN {value!r} looks like a host name outside the issuer's DNS name "
+                    f"constraints ({', '.join(self._dns_zones)}); OpenSSL-based peers would refuse "
+                    "the certificate: use a CN without dots, or add the name as a DNS SAN in a zone",
+                    field="subject",
+                )
 
     def sign_csr(
         self,
@@ -366,8 +405,7 @@ class Authority:
             raise InvalidCSRError(
                 "the CSR signature does not verify: it was altered or not signed by its own key"
             )
-        requested = SubjectAltNames.of(csr)
-        wants_ca = _csr_wants_ca(csr)
+        requested, wants_ca = _csr_requests(csr)
         if wants_ca and not profile.ca:
             raise PolicyViolation(
                 f"the CSR asks for CA:true, which profile {profile.name!r} does not issue",
@@ -425,6 +463,11 @@ class Authority:
         not_before = max(now - self.settings.backdate, issuer_start)
         # A leaf never outlives its issuer (RFC 5280 6.1.3 would reject it at that point).
         not_after = min(now + lifetime, issuer_end)
+        if not_after <= not_before:
+            # An issuer not valid yet (a clock behind its notBefore) would give an inverted validity.
+            raise PolicyViolation(
+                f"the issuing CA is not valid before {issuer_start.isoformat()}", field="issuer"
+            )
         return not_before, not_after
 
     def _build(
@@ -526,17 +569,37 @@ def _hash_for(key: SigningKey) -> hashes.SHA256 | hashes.SHA384 | None:
     return hashes.SHA256()
 
 
+_HOSTNAME_LIKE = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)+")
+
+
+def _permitted_dns(certificate: x509.Certificate) -> tuple[str, ...]:
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(
+        str(n.value).lower().lstrip(".")
+        for n in constraints.permitted_subtrees or ()
+        if isinstance(n, x509.DNSName)
+    )
+
+
 def _self_signed(cert: x509.Certificate) -> bool:
     return cert.subject == cert.issuer
 
 
-def _csr_wants_ca(csr: x509.CertificateSigningRequest) -> bool:
+def _csr_requests(csr: x509.CertificateSigningRequest) -> tuple[SubjectAltNames, bool]:
+    """The SANs a CSR asks for, and whether it asks for CA:true (one pass over its extensions)."""
+    sans, wants_ca = SubjectAltNames(), False
     try:
-        return bool(csr.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
+        for ext in csr.extensions:  # cryptography parses them lazily, here
+            if isinstance(ext.value, x509.SubjectAlternativeName):
+                sans = SubjectAltNames.from_extension(ext.value)
+            elif isinstance(ext.value, x509.BasicConstraints):
+                wants_ca = ext.value.ca
     except ValueError as exc:
         raise InvalidCSRError(f"the CSR has a malformed extension: {exc}") from exc
+    return sans, wants_ca
 
 
 def _identity_from_csr(requested: SubjectAltNames, identity: SpiffeId | None) -> SpiffeId | None:

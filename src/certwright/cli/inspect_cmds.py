@@ -32,9 +32,10 @@ def inspect_cmd(file: Path, extension_oid: str, as_json: bool) -> None:
     """Show a certificate, a chain of them, or a CSR, readably (or as JSON)."""
     validate_oid(extension_oid)
     data = file.read_bytes()
-    if b"CERTIFICATE REQUEST" in data:
-        info = describe_csr(parse_csr(data, source=str(file)))
-        emit_json(info.to_json()) if as_json else print_csr(info)
+    request = parse_csr(data, source=str(file)) if b"CERTIFICATE REQUEST" in data else _der_csr(data)
+    if request is not None:
+        csr_info = describe_csr(request)
+        emit_json(csr_info.to_json()) if as_json else print_csr(csr_info)
         return
     certs = parse_certificates(data, source=str(file))
     infos = [describe_certificate(c, extension_oid=extension_oid) for c in certs]
@@ -110,6 +111,16 @@ def verify(
     if result.attributes:
         click.echo("attrs     " + ", ".join(f"{k}={v}" for k, v in result.attributes.items()))
     click.echo("chain     " + " <- ".join(c.subject or "(empty subject)" for c in chain))
+
+
+def _der_csr(data: bytes) -> x509.CertificateSigningRequest | None:
+    """A DER-encoded CSR (as `sign` accepts), or None for anything else."""
+    if b"-----BEGIN" in data:
+        return None
+    try:
+        return x509.load_der_x509_csr(data)
+    except ValueError:
+        return None
 
 
 def _parse_time(text: str | None) -> datetime.datetime | None:

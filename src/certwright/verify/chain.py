@@ -19,18 +19,14 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.x509 import verification as cv
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from certwright.errors import InvalidInputError, VerificationError
-from certwright.verify.names import (
-    describe,
-    explain_constraint_violation,
-    has_uri_constraints,
-    subject_alt_names,
-)
+from certwright.verify.constraints import explain_constraint_violation, has_uri_constraints
+from certwright.verify.names import IPAddress, describe, subject_alt_names
 from certwright.verify.openssl_path import verify_with_openssl
 from certwright.verify.profile import leaf_defect, peer_name_defect, validity_defect
-from certwright.verify.request import ChainRequest, IPAddress, Purpose, build_request
+from certwright.verify.request import ChainRequest, Purpose, build_request
 from certwright.verify.revocation import check_revocation
 
 __all__ = ["Engine", "Purpose", "VerifiedChain", "verify_chain", "verify_chain_via_openssl"]
@@ -87,8 +83,9 @@ def verify_chain(
         max_chain_depth=max_chain_depth,
         crls=crls,
     )
+    engine: Engine = "cryptography"
     try:
-        chain, engine = _verify_with_cryptography(request), "cryptography"
+        chain = _verify_with_cryptography(request)
     except VerificationError:
         if not _needs_openssl(request):
             raise
@@ -138,7 +135,12 @@ def _needs_openssl(request: ChainRequest) -> bool:
     their errors ("candidates exhausted: ..."), so a URI-constraint failure can hide
     behind another. cryptography 50 fails exactly when a URI SAN meets a URI subtree,
     so both must be present: a leaf URI SAN and a candidate CA constraining URIs.
+
+    The other gap is Ed25519, which cryptography's web-PKI policy forbids while certwright
+    issues Ed25519 CAs; the fallback permits it (and only it) beyond that policy.
     """
+    if any(_uses_ed25519(c) for c in (request.leaf, *request.untrusted, *request.trusted)):
+        return True
     try:
         sans = subject_alt_names(request.leaf)
     except VerificationError:
@@ -146,6 +148,10 @@ def _needs_openssl(request: ChainRequest) -> bool:
     if not any(isinstance(san, x509.UniformResourceIdentifier) for san in sans):
         return False
     return any(has_uri_constraints(ca) for ca in (*request.untrusted, *request.trusted))
+
+
+def _uses_ed25519(cert: x509.Certificate) -> bool:
+    return cert.signature_algorithm_oid == SignatureAlgorithmOID.ED25519
 
 
 # --- the primary engine: cryptography.x509.verification ----------------------------------
@@ -256,6 +262,11 @@ _MEANINGS: tuple[tuple[str, str], ...] = (
     ("exceeds max depth", "no path to a trusted root within max_chain_depth={depth}"),
     ("Neither EKU nor anyEKU", "issuer extendedKeyUsage does not allow {eku}"),
     ("unsupported name constraint", "an issuer uses a name constraint form cryptography lacks"),
+    (
+        "Forbidden public key algorithm",
+        "a certificate's key type is outside the web-PKI profile (RSA >= 2048, ECDSA P-256/384/521)",
+    ),
+    ("Forbidden signature algorithm", "a signature algorithm outside the web-PKI profile"),
 )
 
 

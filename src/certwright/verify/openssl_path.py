@@ -11,6 +11,11 @@ validity at the requested time, basic constraints and pathLenConstraint, critica
 extensions, name constraints (DNS, IP, URI, ...). What pyOpenSSL cannot ask of it (a
 purpose, a host name, a depth limit) and the web-PKI profile rules ``cryptography``
 adds are checked by :func:`certwright.verify.profile.check_path` on the built path.
+Revocation is not OpenSSL's job here either (see :mod:`certwright.verify.revocation`).
+
+Known strictness beyond the primary engine: OpenSSL does not backtrack to another path
+once its first choice fails, and it reads a host-like subject CN as a DNS name for DNS
+name constraints when the leaf has no dNSName SAN (docs/verification.md).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from cryptography import x509
 from OpenSSL import crypto
 
 from certwright.errors import VerificationError
-from certwright.verify.names import describe, explain_constraint_violation
+from certwright.verify.constraints import explain_constraint_violation
+from certwright.verify.names import describe
 from certwright.verify.profile import check_path, validity_defect
 from certwright.verify.request import ChainRequest
 
@@ -37,7 +43,8 @@ _EXCLUDED_VIOLATION = 48
 # PARTIAL_CHAIN: a trusted intermediate is an anchor, as in cryptography's Store.
 # X509_STRICT: OpenSSL's RFC 5280 conformance checks (CA basicConstraints critical,
 # keyCertSign, AKI/SKI presence, no empty-subject CA, ...), closer to cryptography's
-# web-PKI profile than OpenSSL's lax default.
+# web-PKI profile than OpenSSL's lax default. Kept as defence in depth although it is
+# slightly stricter than the primary engine: it also wants keyUsage on the anchor.
 _FLAGS = crypto.X509StoreFlags.PARTIAL_CHAIN | crypto.X509StoreFlags.X509_STRICT
 
 

@@ -19,24 +19,20 @@ from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from certwright.errors import VerificationError
-from certwright.verify.names import (
-    constraint_violation,
-    describe,
-    extension,
-    matches_peer,
-    name_constraints,
-    subject_alt_names,
-)
+from certwright.verify.constraints import check_name_constraints
+from certwright.verify.names import describe, extension, matches_peer, subject_alt_names
 from certwright.verify.request import ChainRequest
 
 # CA/B BR 7.1.3.2, as cryptography's verifier enforces it (WEBPKI_PERMITTED_SIGNATURE_
-# ALGORITHMS): no SHA-1, no MD5, no DSA.
+# ALGORITHMS): no SHA-1, no MD5, no DSA. certwright adds Ed25519 (RFC 8410): an internal
+# PKI is not bound by the web PKI's list, and certwright issues Ed25519 CAs.
 PERMITTED_SIGNATURE_OIDS = frozenset(
     {
+        SignatureAlgorithmOID.ED25519,
         SignatureAlgorithmOID.RSA_WITH_SHA256,
         SignatureAlgorithmOID.RSA_WITH_SHA384,
         SignatureAlgorithmOID.RSA_WITH_SHA512,
@@ -117,12 +113,13 @@ def check_path(chain: Sequence[x509.Certificate], request: ChainRequest) -> None
     for cert in chain:
         _fail(validity_defect(cert, request.at), cert)
         _check_public_key(cert)
+        _check_serial(cert)
     for cert in chain[:-1]:
         _check_signature_algorithm(cert)  # the anchor's self-signature is not relied on
     _check_leaf(chain[0], request)
-    for ca in chain[1:-1]:
-        _check_ca(ca, request)
-    _check_uri_constraints(chain)
+    for ca in chain[1:]:
+        _check_ca(ca, request, anchor=ca is chain[-1])
+    check_name_constraints(chain)
 
 
 def _fail(defect: str | None, cert: x509.Certificate) -> None:
@@ -141,6 +138,13 @@ def _check_depth(chain: Sequence[x509.Certificate], request: ChainRequest) -> No
         )
 
 
+def _check_serial(cert: x509.Certificate) -> None:
+    # RFC 5280 4.1.2.2: at most 20 octets. As in cryptography, a 21st leading zero octet
+    # (DER sign padding) is tolerated, and non-positive serials are too (old roots).
+    if abs(cert.serial_number).bit_length() > 160:
+        _fail("serial number longer than 20 octets", cert)
+
+
 def _check_leaf(leaf: x509.Certificate, request: ChainRequest) -> None:
     _fail(leaf_eku_defect(leaf, request), leaf)
     basic = extension(leaf, x509.BasicConstraints)
@@ -152,19 +156,45 @@ def _check_leaf(leaf: x509.Certificate, request: ChainRequest) -> None:
         _fail("leaf keyUsage asserts keyCertSign", leaf)  # RFC 5280 4.2.1.3
     if extension(leaf, x509.NameConstraints) is not None:
         _fail("leaf carries nameConstraints", leaf)  # RFC 5280 4.2.1.10: CAs only
-    if not subject_alt_names(leaf):
-        # CA/B BR 7.1.2.7.12 (and cryptography, for servers and clients alike).
-        _fail("leaf has no subjectAltName", leaf)
     if extension(leaf, x509.AuthorityKeyIdentifier) is None:
         _fail("leaf lacks authorityKeyIdentifier", leaf)  # RFC 5280 4.2.1.1
+    _check_leaf_san(leaf)
     _fail(peer_name_defect(leaf, request), leaf)
 
 
-def _check_ca(ca: x509.Certificate, request: ChainRequest) -> None:
+def _check_leaf_san(leaf: x509.Certificate) -> None:
+    san = extension(leaf, x509.SubjectAlternativeName)
+    if san is None or not list(san.value):
+        # CA/B BR 7.1.2.7.12 (and cryptography, for servers and clients alike).
+        _fail("leaf has no subjectAltName", leaf)
+        return
+    # RFC 5280 4.2.1.6: critical exactly when the subject is empty.
+    empty_subject = len(leaf.subject) == 0
+    if san.critical != empty_subject:
+        state = "empty" if empty_subject else "non-empty"
+        _fail(f"subjectAltName criticality is wrong for a {state} subject", leaf)
+
+
+def _check_ca(ca: x509.Certificate, request: ChainRequest, *, anchor: bool) -> None:
+    """cryptography's web-PKI CA profile, with its trust-anchor keyUsage exemption."""
+    if len(ca.subject) == 0:
+        _fail("issuer has an empty subject", ca)  # RFC 5280 4.1.2.6: CAs MUST have one
+    basic = extension(ca, x509.BasicConstraints)
+    if basic is None or not basic.critical or not basic.value.ca:
+        # RFC 5280 4.2.1.9: CAs MUST carry a critical basicConstraints with cA TRUE.
+        _fail("issuer lacks a critical basicConstraints with cA=TRUE", ca)
     usage = extension(ca, x509.KeyUsage)
-    if usage is None or not usage.value.key_cert_sign:
-        # RFC 5280 4.2.1.3 / CA/B BR 7.1.2.10.7: an issuing CA asserts keyCertSign.
+    if (usage is None and not anchor) or (usage is not None and not usage.value.key_cert_sign):
+        # RFC 5280 4.2.1.3 / 6.1.4(n); an anchor may omit it (RFC 5280 6.1.1(d)).
         _fail("issuer keyUsage lacks keyCertSign", ca)
+    aki = extension(ca, x509.AuthorityKeyIdentifier)
+    if aki is not None and (
+        aki.value.key_identifier is None
+        or aki.value.authority_cert_issuer is not None
+        or aki.value.authority_cert_serial_number is not None
+    ):
+        # CA/B BR 7.1.2.11.1: keyIdentifier only.
+        _fail("issuer authorityKeyIdentifier is not a bare keyIdentifier", ca)
     eku = extension(ca, x509.ExtendedKeyUsage)
     if eku is not None and not (
         request.purpose.eku in eku.value or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku.value
@@ -194,30 +224,5 @@ def _check_public_key(cert: x509.Certificate) -> None:
     elif isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, _CURVES):
             _fail(f"elliptic curve {key.curve.name} is not permitted", cert)
-    else:
+    elif not isinstance(key, ed25519.Ed25519PublicKey):
         _fail(f"public key type {type(key).__name__} is not permitted", cert)
-
-
-def _check_uri_constraints(chain: Sequence[x509.Certificate]) -> None:
-    """Enforce URI name constraints ourselves, on top of OpenSSL (defence in depth).
-
-    These constraints are the reason the fallback exists, so the rule does not rest on
-    one engine alone. RFC 5280 6.1.3(b): each CA's constraints bind every certificate
-    below it, except self-issued intermediates.
-    """
-    for position, ca in enumerate(chain[1:], start=1):
-        nc = name_constraints(ca)
-        if nc is None:
-            continue
-        for index, cert in enumerate(chain[:position]):
-            if index > 0 and cert.subject == cert.issuer:
-                continue
-            uris: list[x509.GeneralName] = [
-                n for n in subject_alt_names(cert) if isinstance(n, x509.UniformResourceIdentifier)
-            ]
-            outside = constraint_violation(uris, nc)
-            if outside is not None:
-                raise VerificationError(
-                    f"identity {outside} outside the issuer's name constraints "
-                    f"(constrained by {describe(ca)})"
-                )

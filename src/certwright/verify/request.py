@@ -18,13 +18,13 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certwright.errors import InvalidInputError
+from certwright.verify.names import IPAddress, is_dns_name
 
 # cryptography's own default (policy/mod.rs, DEFAULT_MAX_CHAIN_DEPTH): the number of
 # intermediates allowed between the leaf and the trust anchor. The OpenSSL fallback
 # applies the same figure so both engines accept the same path lengths.
 DEFAULT_MAX_CHAIN_DEPTH = 8
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Purpose(enum.Enum):
@@ -133,11 +133,12 @@ def _dns_name(name: str | None) -> str | None:
         return None
     if not isinstance(name, str):
         raise TypeError("dns_name must be a str")
-    # A reference identifier is an exact A-label host name (RFC 6125 6.2.1); it is
-    # compared case-insensitively, so store it lower-cased once.
-    if not name or not name.isascii():
-        raise InvalidInputError(f"dns_name {name!r} is not an ASCII (A-label) host name")
+    # A reference identifier is a host name in preferred syntax, as A-labels (RFC 6125
+    # 6.2.1, RFC 1123 2.1); checked here so both engines refuse the same names.
+    if not is_dns_name(name):
+        raise InvalidInputError(f"dns_name {name!r} is not a valid host name")
     return name.lower()
+
 
 
 def _utc(at: datetime.datetime | None) -> datetime.datetime:
@@ -148,4 +149,6 @@ def _utc(at: datetime.datetime | None) -> datetime.datetime:
         raise TypeError("at must be a datetime.datetime")
     if at.tzinfo is None or at.utcoffset() is None:
         raise InvalidInputError("at must be timezone-aware (UTC)")
-    return at.astimezone(datetime.UTC)
+    # RFC 5280 4.1.2.5: validity has whole-second granularity; cryptography truncates
+    # the same way, so 00:00:00.005 is still within a notAfter of 00:00:00.
+    return at.astimezone(datetime.UTC).replace(microsecond=0)

@@ -22,6 +22,7 @@ Semantics:
 from __future__ import annotations
 
 import datetime
+import itertools
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -59,7 +60,7 @@ def check_revocation(
     """Refuse the path if a non-anchor certificate is revoked by its issuer's CRL."""
     if not crls:
         return
-    for cert, issuer in zip(chain, chain[1:], strict=False):
+    for cert, issuer in itertools.pairwise(chain):
         for crl in _crls_of(issuer, crls):
             _check_crl(crl, issuer, at)
             if _in_scope(crl, cert):

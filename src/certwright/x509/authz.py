@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -50,7 +51,9 @@ DEFAULT_OID = f"{DOCUMENTATION_ARC}.1.1"
 MAX_ARC = 2**31 - 1
 MAX_ROLE_LENGTH = 64
 MAX_VALUE_LENGTH = 256
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
+# Roles may be hierarchical ("team/payments"): '/' separates non-empty segments, which
+# role patterns match segment by segment (certwright.globs).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*(/[A-Za-z0-9._:-]+)*")
 
 
 class _Attribute(univ.Sequence):  # type: ignore[misc]  # pyasn1 is untyped
@@ -102,7 +105,7 @@ def _check_name(kind: str, name: str) -> str:
     if not name or len(name) > MAX_ROLE_LENGTH or not _NAME.fullmatch(name):
         raise InvalidExtensionError(
             f"invalid {kind} {name!r}: 1-{MAX_ROLE_LENGTH} characters, letters, digits and "
-            "'.', '_', ':', '/', '-', starting with a letter or digit"
+            "'.', '_', ':', '-', starting with a letter or digit; '/' separates non-empty segments"
         )
     return name
 
@@ -127,8 +130,13 @@ class Authorization:
                 raise InvalidExtensionError(
                     f"attribute {key!r}: the value must be text of at most {MAX_VALUE_LENGTH} characters"
                 )
-            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            # Cc covers C0, DEL and C1 controls: none belongs in a value shown to people.
+            if any(unicodedata.category(c) == "Cc" for c in value):
                 raise InvalidExtensionError(f"attribute {key!r}: control characters in value")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidExtensionError(f"attribute {key!r}: the value is not valid UTF-8 text") from None
         if list(self.roles) != sorted(set(self.roles)):
             raise InvalidExtensionError("roles must be sorted and unique (use Authorization.create)")
         keys = [k for k, _ in self.attributes]
@@ -179,7 +187,12 @@ class Authorization:
             attributes = tuple((str(a["key"]), str(a["value"])) for a in value["attributes"])
         except (PyAsn1Error, UnicodeError) as exc:
             raise InvalidExtensionError(f"malformed authorization extension: {exc}") from exc
-        return cls(roles=roles, attributes=attributes)
+        result = cls(roles=roles, attributes=attributes)
+        # pyasn1's DER decoder accepts some BER (long-form lengths, for one): only the one
+        # canonical encoding of a value is DER (X.690 10), so re-encode and compare.
+        if result.to_der() != data:
+            raise InvalidExtensionError("malformed authorization extension: not canonical DER")
+        return result
 
     @classmethod
     def from_certificate(

@@ -24,8 +24,8 @@ UTC_TIME = 0x17
 GENERALIZED_TIME = 0x18
 BOOLEAN_TRUE = b"\x01\x01\xff"
 
-# RFC 5280 4.1.2.5: dates through 2049 as UTCTime, from 2050 on as GeneralizedTime.
-_UTCTIME_LIMIT = 2050
+# RFC 5280 4.1.2.5: dates in 1950-2049 as UTCTime, the others as GeneralizedTime.
+_UTCTIME_YEARS = range(1950, 2050)
 
 
 def length(n: int) -> bytes:
@@ -71,7 +71,7 @@ def oid(value: x509.ObjectIdentifier | str) -> bytes:
 def time(value: datetime.datetime) -> bytes:
     """A certificate Time (RFC 5280 4.1.2.5), whole seconds, UTC."""
     value = value.astimezone(datetime.UTC)
-    if value.year < _UTCTIME_LIMIT:
+    if value.year in _UTCTIME_YEARS:
         return tlv(UTC_TIME, value.strftime("%y%m%d%H%M%SZ").encode("ascii"))
     return tlv(GENERALIZED_TIME, value.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
 
@@ -88,6 +88,8 @@ def bit_string(value: bytes) -> bytes:
 
 def read_tlv(data: bytes, offset: int = 0) -> tuple[int, int, int]:
     """Parse the header at ``offset``; return (tag, start of value, end of value)."""
+    if offset + 2 > len(data):
+        raise ValueError("truncated DER")
     tag = data[offset]
     first = data[offset + 1]
     pos = offset + 2
@@ -95,6 +97,10 @@ def read_tlv(data: bytes, offset: int = 0) -> tuple[int, int, int]:
         size = first
     else:
         count = first & 0x7F
+        if count == 0:
+            raise ValueError("indefinite length is not DER (X.690 10.1)")
+        if pos + count > len(data):
+            raise ValueError("truncated DER")
         size = int.from_bytes(data[pos : pos + count], "big")
         pos += count
     end = pos + size

@@ -71,6 +71,8 @@ class SpiffeId:
         trust_domain, slash, path = rest.partition("/")
         if "@" in trust_domain:
             raise InvalidIdentityError(f"{uri!r}: a SPIFFE ID cannot have user info")
+        if trust_domain.startswith("["):
+            raise InvalidIdentityError(f"{uri!r}: a trust domain is a name, not an IP address literal")
         if ":" in trust_domain:
             raise InvalidIdentityError(f"{uri!r}: a SPIFFE ID cannot have a port")
         try:

@@ -162,6 +162,9 @@ def _pem(label: str, body: bytes) -> bytes:
 
 def load_private_key(data: bytes, passphrase: bytes | None = None) -> SigningKey:
     """Load a PEM (or DER) private key, with errors that say what went wrong."""
+    # An empty passphrase protects nothing (private_key_pem refuses it): treat it as none, so an
+    # encrypted key read with one is reported as needing a passphrase, not as "not encrypted".
+    passphrase = passphrase or None
     loader = (
         serialization.load_pem_private_key
         if data.lstrip().startswith(b"-----")

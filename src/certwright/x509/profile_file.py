@@ -134,6 +134,8 @@ def _parse_one(name: str, table: Any, known: Mapping[str, Profile], source: str)
         raise ProfileError(f"{where}: must be a table")
     base_name = table.get("base")
     if base_name is not None:
+        if not isinstance(base_name, str):
+            raise ProfileError(f"{where}: base: expected the name of a profile (a string)")
         if base_name not in known:
             raise ProfileError(f"{where}: base profile {base_name!r} is not defined (above)")
         base = known[base_name]

@@ -156,7 +156,7 @@ class Profile:
     allow_wildcard_dns: bool = False
     ip_ranges: tuple[str, ...] = ()
     email_patterns: tuple[str, ...] = ()
-    role_patterns: tuple[str, ...] = ("*",)
+    role_patterns: tuple[str, ...] = ("**",)
     name_constraints: bool = False
     ocsp_no_check: bool = False
     crl_urls: tuple[str, ...] = ()
@@ -267,8 +267,9 @@ class Profile:
                     f"{', '.join(self.ip_ranges) or 'no IP addresses'})",
                     field="ip",
                 )
+        # '@' as the separator: '*' spans a dotted local part or domain, never both.
         email_globs = [
-            Glob.compile(p, sep=".", case_sensitive=False) for p in _expand(self.email_patterns, settings)
+            Glob.compile(p, sep="@", case_sensitive=False) for p in _expand(self.email_patterns, settings)
         ]
         for email in sans.emails:
             if not any(g.matches(email) for g in email_globs):
