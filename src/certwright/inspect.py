@@ -24,7 +24,6 @@ from certwright.x509.authz import DEFAULT_OID, Authorization
 from certwright.x509.keys import PublicKey, key_type_of
 from certwright.x509.names import SubjectAltNames
 
-
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
 

@@ -208,7 +208,9 @@ def _profile_extensions(profile: Profile, settings: CASettings) -> tuple[list[by
             )
         )
     # An ocsp-nocheck responder is not itself checked by OCSP (RFC 6960 4.2.2.2.1): no OCSP URL.
-    ocsp_urls = () if profile.ocsp_no_check else (profile.ocsp_urls or ((), settings.ocsp_urls)[not profile.ca])
+    ocsp_urls = profile.ocsp_urls or ((), settings.ocsp_urls)[not profile.ca]
+    if profile.ocsp_no_check:
+        ocsp_urls = ()
     access = [
         x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(u))
         for u in ocsp_urls

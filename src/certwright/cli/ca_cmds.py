@@ -7,14 +7,19 @@ from pathlib import Path
 import click
 
 from certwright.cadir import CADirectory, init_ca, open_ca
-from certwright.cli.common import CertwrightGroup, emit_json, json_option, passphrase_option, read_passphrase
+from certwright.cli.common import (
+    CertwrightGroup,
+    emit_json,
+    json_option,
+    key_type_option,
+    passphrase_option,
+    read_passphrase,
+)
 from certwright.cli.render import print_certificate
 from certwright.durations import parse_duration
 from certwright.inspect import describe_certificate
 from certwright.x509.authz import DEFAULT_OID, validate_oid
 from certwright.x509.keys import KeyType
-
-KEY_TYPES = click.Choice([t.value for t in KeyType])
 
 
 @click.group(cls=CertwrightGroup)
@@ -23,22 +28,42 @@ def ca() -> None:
 
 
 @ca.command("init")
-@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to create (must not exist or be empty).")
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to create (must not exist or be empty).",
+)
 @click.option("--name", required=True, help="Organisation or CA name, used in the CA subjects.")
 @click.option("--trust-domain", required=True, help="SPIFFE trust domain, e.g. example.org.")
-@click.option("--key-type", default=KeyType.EC_P256.value, show_default=True, type=KEY_TYPES)
-@click.option("--dns-zone", "dns_zones", multiple=True,
-              help="DNS zone leaves may name (repeatable; default: the trust domain).")
-@click.option("--extension-oid", default=DEFAULT_OID, show_default=True,
-              help="OID of the authorization extension: use an arc under your own IANA PEN.")
+@key_type_option("--key-type")
+@click.option(
+    "--dns-zone",
+    "dns_zones",
+    multiple=True,
+    help="DNS zone leaves may name (repeatable; default: the trust domain).",
+)
+@click.option(
+    "--extension-oid",
+    default=DEFAULT_OID,
+    show_default=True,
+    help="OID of the authorization extension: use an arc under your own IANA PEN.",
+)
 @click.option("--root-ttl", default="10y", show_default=True, help="Root lifetime.")
 @click.option("--intermediate-ttl", default="5y", show_default=True, help="Intermediate lifetime.")
 @passphrase_option
 @json_option
 def ca_init(
-    directory: Path, name: str, trust_domain: str, key_type: str, dns_zones: tuple[str, ...],
-    extension_oid: str, root_ttl: str, intermediate_ttl: str, passphrase_file: Path | None,
+    directory: Path,
+    name: str,
+    trust_domain: str,
+    key_type: KeyType,
+    dns_zones: tuple[str, ...],
+    extension_oid: str,
+    root_ttl: str,
+    intermediate_ttl: str,
+    passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
     """Create a root CA and a name-constrained issuing intermediate in DIR.
@@ -49,9 +74,15 @@ def ca_init(
     validate_oid(extension_oid)
     passphrase = read_passphrase(passphrase_file, confirm=True)
     created = init_ca(
-        directory, name=name, trust_domain=trust_domain, passphrase=passphrase,
-        key_type=KeyType(key_type), dns_zones=dns_zones, extension_oid=extension_oid,
-        root_lifetime=parse_duration(root_ttl), intermediate_lifetime=parse_duration(intermediate_ttl),
+        directory,
+        name=name,
+        trust_domain=trust_domain,
+        passphrase=passphrase,
+        key_type=key_type,
+        dns_zones=dns_zones,
+        extension_oid=extension_oid,
+        root_lifetime=parse_duration(root_ttl),
+        intermediate_lifetime=parse_duration(intermediate_ttl),
     )
     if as_json:
         emit_json(_summary(created))
@@ -68,8 +99,14 @@ def ca_init(
 
 
 @ca.command("show")
-@click.option("--dir", "--ca", "directory", required=True,
-              type=click.Path(file_okay=False, exists=True, path_type=Path), help="CA directory.")
+@click.option(
+    "--dir",
+    "--ca",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="CA directory.",
+)
 @json_option
 def ca_show(directory: Path, as_json: bool) -> None:
     """Show a CA directory: settings, root and intermediate, profiles."""
@@ -81,9 +118,7 @@ def ca_show(directory: Path, as_json: bool) -> None:
     click.echo()
     print_certificate(describe_certificate(opened.root, extension_oid=opened.settings.extension_oid))
     click.echo()
-    print_certificate(
-        describe_certificate(opened.intermediate, extension_oid=opened.settings.extension_oid)
-    )
+    print_certificate(describe_certificate(opened.intermediate, extension_oid=opened.settings.extension_oid))
 
 
 def _summary(opened: CADirectory) -> dict[str, object]:
@@ -99,8 +134,11 @@ def _summary(opened: CADirectory) -> dict[str, object]:
         "root": describe_certificate(opened.root, extension_oid=oid).to_json(),
         "intermediate": describe_certificate(opened.intermediate, extension_oid=oid).to_json(),
         "profiles": {
-            name: {"description": p.description, "ca": p.ca,
-                   "max_lifetime_seconds": int(p.max_lifetime.total_seconds())}
+            name: {
+                "description": p.description,
+                "ca": p.ca,
+                "max_lifetime_seconds": int(p.max_lifetime.total_seconds()),
+            }
             for name, p in sorted(opened.profiles.items())
         },
     }
@@ -112,9 +150,13 @@ def _print_summary(opened: CADirectory) -> None:
     click.echo(f"  DNS zones      {', '.join(s.dns_zones) or '(none)'}")
     click.echo(f"  extension OID  {s.extension_oid}")
     click.echo(f"  key type       {opened.config.key_type.value}")
-    click.echo(f"  root           {opened.root.subject.rfc4514_string()}  (until "
-               f"{opened.root.not_valid_after_utc:%Y-%m-%d})")
-    click.echo(f"  intermediate   {opened.intermediate.subject.rfc4514_string()}  (until "
-               f"{opened.intermediate.not_valid_after_utc:%Y-%m-%d})")
+    click.echo(
+        f"  root           {opened.root.subject.rfc4514_string()}  (until "
+        f"{opened.root.not_valid_after_utc:%Y-%m-%d})"
+    )
+    click.echo(
+        f"  intermediate   {opened.intermediate.subject.rfc4514_string()}  (until "
+        f"{opened.intermediate.not_valid_after_utc:%Y-%m-%d})"
+    )
     click.echo(f"  bundle         {opened.path / 'bundle.pem'}")
     click.echo(f"  profiles       {', '.join(sorted(opened.profiles))}")

@@ -11,15 +11,17 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from certwright.errors import CertwrightError
+from certwright.x509.keys import KeyType
 
 # Exit codes scripts can rely on (the CLI contract of issue 2).
 EXIT_OK = 0
 EXIT_REFUSED = 1  # refused or invalid input; the message on stderr says what is wrong
 EXIT_USAGE = 2  # click's own code for usage errors
 
-PASSPHRASE_ENV = "CERTWRIGHT_CA_PASSPHRASE"
+PASSPHRASE_ENV = "CERTWRIGHT_CA_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,7 +49,9 @@ class CertwrightGroup(click.Group):
 
 
 def fail(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    # escape(): messages quote user input and "[cryptography: ...]", which rich would
+    # otherwise swallow as markup tags.
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     sys.exit(EXIT_REFUSED)
 
 
@@ -101,3 +105,21 @@ def parse_attributes(pairs: tuple[str, ...]) -> dict[str, str]:
             raise Refused(f"attribute {key!r} given twice")
         out[key] = value
     return out
+
+
+def _parse_key_type(ctx: click.Context, param: click.Parameter, value: str) -> KeyType:
+    # KeyType.parse raises InvalidKeyError: an unknown key type is refused input (exit 1,
+    # the message lists the valid names), not a usage error.
+    return KeyType.parse(value)
+
+
+def key_type_option(*flags: str) -> Callable[[F], F]:
+    names = ", ".join(t.value for t in KeyType)
+    return click.option(
+        *flags,
+        "key_type",
+        default=KeyType.EC_P256.value,
+        show_default=True,
+        callback=_parse_key_type,
+        help=f"Key type: {names}.",
+    )

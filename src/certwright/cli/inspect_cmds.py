@@ -19,7 +19,9 @@ from certwright.verify.identity import verify_identity
 from certwright.x509.authz import DEFAULT_OID, validate_oid
 
 OID_OPTION = click.option(
-    "--extension-oid", default=DEFAULT_OID, show_default=True,
+    "--extension-oid",
+    default=DEFAULT_OID,
+    show_default=True,
     help="OID of the authorization extension (your CA's --extension-oid).",
 )
 
@@ -50,23 +52,43 @@ def inspect_cmd(file: Path, extension_oid: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--bundle", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Trusted roots (PEM).")
-@click.option("--untrusted", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Intermediates (PEM); certificates after the first in FILE count too.")
+@click.option(
+    "--bundle",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Trusted roots (PEM).",
+)
+@click.option(
+    "--untrusted",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Intermediates (PEM); certificates after the first in FILE count too.",
+)
 @click.option("--dns", "dns_name", help="Require this DNS name (server verification).")
 @click.option("--ip", "ip_text", help="Require this IP address (server verification).")
 @click.option("--client", is_flag=True, help="Verify for TLS client authentication (default: server).")
-@click.option("--crl", "crl_files", multiple=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="CRL (PEM or DER) to check revocation against (repeatable).")
+@click.option(
+    "--crl",
+    "crl_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="CRL (PEM or DER) to check revocation against (repeatable).",
+)
 @click.option("--at", "at_text", help="Verify at this time (ISO 8601) instead of now.")
 @click.option("--trust-domain", help="Require the identity to be in this trust domain.")
 @OID_OPTION
 @json_option
 def verify(
-    file: Path, bundle: Path, untrusted: Path | None, dns_name: str | None, ip_text: str | None,
-    client: bool, crl_files: tuple[Path, ...], at_text: str | None, trust_domain: str | None,
-    extension_oid: str, as_json: bool,
+    file: Path,
+    bundle: Path,
+    untrusted: Path | None,
+    dns_name: str | None,
+    ip_text: str | None,
+    client: bool,
+    crl_files: tuple[Path, ...],
+    at_text: str | None,
+    trust_domain: str | None,
+    extension_oid: str,
+    as_json: bool,
 ) -> None:
     """Verify a certificate chain; print the identity and roles of the leaf.
 
@@ -82,10 +104,16 @@ def verify(
         raise Refused(f"--ip {ip_text!r} is not an IP address") from None
     try:
         result = verify_identity(
-            leaf, trusted=read_certificates(bundle), untrusted=intermediates,
-            purpose=Purpose.CLIENT if client else Purpose.SERVER, dns_name=dns_name, ip_address=ip,
-            at=_parse_time(at_text), crls=[_read_crl(p) for p in crl_files],
-            trust_domain=trust_domain, extension_oid=extension_oid,
+            leaf,
+            trusted=read_certificates(bundle),
+            untrusted=intermediates,
+            purpose=Purpose.CLIENT if client else Purpose.SERVER,
+            dns_name=dns_name,
+            ip_address=ip,
+            at=_parse_time(at_text),
+            crls=[_read_crl(p) for p in crl_files],
+            trust_domain=trust_domain,
+            extension_oid=extension_oid,
         )
     except VerificationError as exc:
         if as_json:
@@ -94,16 +122,20 @@ def verify(
         raise
     chain = [describe_certificate(c, extension_oid=extension_oid) for c in result.chain.chain]
     if as_json:
-        emit_json({
-            "valid": True,
-            "identity": str(result.identity) if result.identity else None,
-            "roles": list(result.roles),
-            "attributes": result.attributes,
-            "purpose": result.chain.purpose.value,
-            "engine": result.chain.engine,
-            "chain": [{"subject": c.subject, "serial": c.serial, "not_after": c.to_json()["not_after"]}
-                      for c in chain],
-        })
+        emit_json(
+            {
+                "valid": True,
+                "identity": str(result.identity) if result.identity else None,
+                "roles": list(result.roles),
+                "attributes": result.attributes,
+                "purpose": result.chain.purpose.value,
+                "engine": result.chain.engine,
+                "chain": [
+                    {"subject": c.subject, "serial": c.serial, "not_after": c.to_json()["not_after"]}
+                    for c in chain
+                ],
+            }
+        )
         return
     stderr.print("[bold green]OK[/] chain verifies", markup=True)
     click.echo(f"identity  {result.identity or '-'}")

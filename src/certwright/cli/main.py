@@ -1,28 +1,55 @@
-"""The ``certwright`` command line."""
+"""The ``certwright`` command line.
+
+Subcommands are imported when they run: ``sign --csr-dir`` should not pay for pyOpenSSL
+and the verifier at start-up, and batch runs are measured against ``openssl ca``.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from certwright import __version__
-from certwright.cli.ca_cmds import ca
-from certwright.cli.cert_cmds import csr, issue, key, pkcs12, sign
 from certwright.cli.common import CertwrightGroup
-from certwright.cli.inspect_cmds import inspect_cmd, verify
-from certwright.cli.quickstart import quickstart
+
+# name -> "module:attribute" of the click command
+COMMANDS = {
+    "ca": "certwright.cli.ca_cmds:ca",
+    "key": "certwright.cli.cert_cmds:key",
+    "csr": "certwright.cli.cert_cmds:csr",
+    "issue": "certwright.cli.cert_cmds:issue",
+    "sign": "certwright.cli.cert_cmds:sign",
+    "pkcs12": "certwright.cli.cert_cmds:pkcs12",
+    "inspect": "certwright.cli.inspect_cmds:inspect_cmd",
+    "verify": "certwright.cli.inspect_cmds:verify",
+    "quickstart": "certwright.cli.quickstart:quickstart",
+}
 
 
-@click.group(cls=CertwrightGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(CertwrightGroup):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="certwright")
 def cli() -> None:
     """certwright: craft CAs and certificates for service-to-service mTLS.
 
     Exit codes: 0 success, 1 refused or invalid input (reason on stderr), 2 usage error.
     """
-
-
-for command in (ca, key, csr, issue, sign, pkcs12, inspect_cmd, verify, quickstart):
-    cli.add_command(command)
 
 
 def main() -> None:

@@ -19,12 +19,17 @@ from certwright.x509.identity import SpiffeId
 from certwright.x509.keys import generate_key, private_key_pem
 from certwright.x509.names import SubjectAltNames
 
-PASSPHRASE_FILE = "passphrase.txt"
+PASSPHRASE_FILE = "passphrase.txt"  # noqa: S105 - a file name
 
 
 @click.command()
-@click.option("--dir", "directory", default="certwright-quickstart", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--dir",
+    "directory",
+    default="certwright-quickstart",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
 @click.option("--trust-domain", default="example.org", show_default=True)
 def quickstart(directory: Path, trust_domain: str) -> None:
     """Create a CA, issue a workload certificate, and verify it (re-runs reuse the CA)."""
@@ -47,20 +52,35 @@ def quickstart(directory: Path, trust_domain: str) -> None:
     identity = SpiffeId.parse(f"spiffe://{opened.settings.trust_domain}/quickstart/web")
     key = generate_key()
     cert = authority.issue(
-        key.public_key(), profile=opened.profile("mtls"), identity=identity,
-        sans=SubjectAltNames.create(dns=[f"web.{opened.settings.dns_zones[0]}"] if opened.settings.dns_zones
-                                    else [], ips=["127.0.0.1"]),
+        key.public_key(),
+        profile=opened.profile("mtls"),
+        identity=identity,
+        sans=SubjectAltNames.create(
+            dns=[f"web.{opened.settings.dns_zones[0]}"] if opened.settings.dns_zones else [],
+            ips=["127.0.0.1"],
+        ),
         authorization=Authorization.create(["reader"], {"env": "dev"}),
     )
     from cryptography.hazmat.primitives import serialization
 
     pem = cert.public_bytes(serialization.Encoding.PEM)
     chain = pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in authority.chain_for_leaf())
-    write_all({directory / "web.pem": (pem, False), directory / "web.key": (private_key_pem(key), True),
-               directory / "web.chain.pem": (chain, False)}, force=True)
-    result = verify_identity(cert, trusted=opened.bundle, untrusted=authority.chain_for_leaf(),
-                             purpose=Purpose.CLIENT, trust_domain=opened.settings.trust_domain,
-                             extension_oid=opened.settings.extension_oid)
+    write_all(
+        {
+            directory / "web.pem": (pem, False),
+            directory / "web.key": (private_key_pem(key), True),
+            directory / "web.chain.pem": (chain, False),
+        },
+        force=True,
+    )
+    result = verify_identity(
+        cert,
+        trusted=opened.bundle,
+        untrusted=authority.chain_for_leaf(),
+        purpose=Purpose.CLIENT,
+        trust_domain=opened.settings.trust_domain,
+        extension_oid=opened.settings.extension_oid,
+    )
     stderr.print("[bold green]verified[/]", markup=True)
     click.echo(f"  identity  {result.identity}")
     click.echo(f"  roles     {', '.join(result.roles)}")
@@ -68,9 +88,11 @@ def quickstart(directory: Path, trust_domain: str) -> None:
     click.echo("\nNext:")
     click.echo(f"  certwright inspect {directory}/web.pem")
     click.echo(f"  certwright verify --bundle {ca_dir}/bundle.pem --client {directory}/web.chain.pem")
-    click.echo(f"  export {PASSPHRASE_ENV}=\"$(cat {passphrase_path})\"")
-    click.echo(f"  certwright issue --ca {ca_dir} --profile mtls --identity "
-               f"spiffe://{opened.settings.trust_domain}/ns/prod/api --role writer --out api")
+    click.echo(f'  export {PASSPHRASE_ENV}="$(cat {passphrase_path})"')
+    click.echo(
+        f"  certwright issue --ca {ca_dir} --profile mtls --identity "
+        f"spiffe://{opened.settings.trust_domain}/ns/prod/api --role writer --out api"
+    )
 
 
 def _existing_passphrase(path: Path) -> bytes:

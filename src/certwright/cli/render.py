@@ -24,8 +24,9 @@ def print_certificate(info: CertificateInfo, *, title: str | None = None) -> Non
     table = Table(show_header=False, box=None, pad_edge=False, title=title, title_justify="left")
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column(overflow="fold")
-    position = info.position.value + (f" (path length {info.path_length})"
-                                       if info.is_ca and info.path_length is not None else "")
+    position = info.position.value + (
+        f" (path length {info.path_length})" if info.is_ca and info.path_length is not None else ""
+    )
     rows: list[tuple[str, str | Text]] = [
         ("certificate", position),
         ("identity", info.identity or "-"),
@@ -62,7 +63,7 @@ def print_certificate(info: CertificateInfo, *, title: str | None = None) -> Non
     for problem in info.problems:
         rows.append(("problem", Text(problem, style="bold red")))
     for label, value in rows:
-        table.add_row(label, value)
+        table.add_row(label, value if isinstance(value, Text) else Text(value))
     stdout.print(table)
 
 
@@ -78,8 +79,7 @@ def print_csr(info: CSRInfo) -> None:
         ("subject", info.subject or "(empty)"),
         ("key", info.key_type),
     ]
-    for label, values in (("dns", info.dns), ("ip", info.ips), ("uri", info.uris),
-                          ("email", info.emails)):
+    for label, values in (("dns", info.dns), ("ip", info.ips), ("uri", info.uris), ("email", info.emails)):
         if values:
             rows.append((label, ", ".join(values)))
     if info.asks_for_ca:
@@ -87,5 +87,5 @@ def print_csr(info: CSRInfo) -> None:
     if info.requested_extensions:
         rows.append(("extensions", ", ".join(info.requested_extensions)))
     for label, value in rows:
-        table.add_row(label, value)
+        table.add_row(label, value if isinstance(value, Text) else Text(value))
     stdout.print(table)

@@ -18,7 +18,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import idna
 from cryptography import x509
@@ -164,15 +164,25 @@ class SubjectAltNames:
     @classmethod
     def from_extension(cls, value: x509.SubjectAlternativeName) -> SubjectAltNames:
         """Read the SANs of a certificate or CSR (kinds certwright does not use are dropped)."""
+        buckets: dict[type, list[Any]] = {
+            x509.DNSName: [],
+            x509.IPAddress: [],
+            x509.UniformResourceIdentifier: [],
+            x509.RFC822Name: [],
+        }
+        for name in value:  # one pass: this runs for every CSR of a batch
+            bucket = buckets.get(type(name))
+            if bucket is not None:
+                bucket.append(name.value)
         return cls(
-            dns=tuple(value.get_values_for_type(x509.DNSName)),
+            dns=tuple(buckets[x509.DNSName]),
             ips=tuple(
                 ip
-                for ip in value.get_values_for_type(x509.IPAddress)
+                for ip in buckets[x509.IPAddress]
                 if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)
             ),
-            uris=tuple(value.get_values_for_type(x509.UniformResourceIdentifier)),
-            emails=tuple(value.get_values_for_type(x509.RFC822Name)),
+            uris=tuple(buckets[x509.UniformResourceIdentifier]),
+            emails=tuple(buckets[x509.RFC822Name]),
         )
 
     @classmethod
