@@ -1,35 +1,10 @@
-"""Shared test helpers.
+"""Root conftest: no fixtures here (see the per-directory conftest.py files).
 
-Tests that need something outside the Python environment (an apt-installed peer, the
-shared x509-limbo suite) call :func:`require`. On a developer machine without it they
-skip with a reason that names what is missing; CI sets ``CERTWRIGHT_REQUIRE_ALL=1`` so the
-same condition fails the run instead of silently skipping.
+The helpers live in the ``support`` package (pyproject.toml puts tests/ on ``sys.path``).
+Registered here, before anything imports them, so their asserts get pytest's rewriting and
+report the values involved when they fail.
 """
-
-from __future__ import annotations
-
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED = REPO_ROOT.parent / "shared"
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip (or, under CI, fail) the calling test unless ``condition`` holds."""
-    if condition:
-        return
-    if os.environ.get("CERTWRIGHT_REQUIRE_ALL") == "1":
-        pytest.fail(f"required by CI but missing: {reason}")
-    pytest.skip(reason)
-
-
-def require_tool(name: str) -> str:
-    """Return the path of an external program, or skip/fail naming it."""
-    path = shutil.which(name)
-    require(path is not None, f"{name} is not installed")
-    assert path is not None
-    return path
+pytest.register_assert_rewrite("support")

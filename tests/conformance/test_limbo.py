@@ -8,32 +8,14 @@ are the reference's own 13 (docs/verification.md says why each stays).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-
-def _root_conftest() -> ModuleType:
-    # tests/ is no package and several conftest.py files exist, so "from conftest import"
-    # may find another one; load tests/conftest.py by path (as tests/integration does).
-    path = Path(__file__).resolve().parent.parent / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_certwright_tests_root_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_ROOT = _root_conftest()
-REPO_ROOT: Path = _ROOT.REPO_ROOT
-SHARED: Path = _ROOT.SHARED
-require = _ROOT.require
+from support.env import REPO_ROOT, SHARED, require
 
 SUITE = SHARED / "testdata" / "x509-limbo" / "limbo.json.gz"
 HARNESS = REPO_ROOT / "conformance" / "limbo.py"

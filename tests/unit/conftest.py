@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -19,6 +18,7 @@ from certwright.clock import FixedClock
 from certwright.issuance import Authority, create_root
 from certwright.x509.keys import KeyType, SigningKey, generate_key
 from certwright.x509.profiles import CASettings
+from support.env import require_tool
 
 START = datetime.datetime(2030, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 
@@ -125,12 +125,6 @@ def rebuild() -> Callable[[x509.Certificate, SigningKey], x509.Certificate]:
 
 
 @pytest.fixture(scope="session")
-def openssl(pytestconfig: pytest.Config) -> Callable[[], str]:
-    """``require_tool("openssl")`` of tests/conftest.py: call it inside the test that needs it.
-
-    tests/ is no package, so the root conftest is fetched from pytest's plugin registry
-    (where it is registered under its path) rather than imported by name.
-    """
-    root = pytestconfig.pluginmanager.get_plugin(str(Path(__file__).resolve().parent.parent / "conftest.py"))
-    assert root is not None, "tests/conftest.py is not loaded"
-    return lambda: root.require_tool("openssl")
+def openssl() -> Callable[[], str]:
+    """``support.env.require_tool("openssl")``: call it inside the test that needs it."""
+    return lambda: require_tool("openssl")

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from rich.markup import escape
 
 from certwright.batch import BatchRequest, sign_csr_files
 from certwright.cadir import CADirectory, open_ca
@@ -256,7 +256,7 @@ def _report(cert: x509.Certificate, opened: CADirectory, paths: Iterable[Path], 
 @click.option(
     "--csr-dir",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Sign every *.csr / *.pem request in this directory.",
+    help="Sign every *.csr, *.pem or *.der request in this directory.",
 )
 @click.option(
     "--out-dir",
@@ -395,6 +395,8 @@ def _sign_batch(
     force: bool,
     as_json: bool,
 ) -> None:
+    if out_dir.exists() and out_dir.resolve() == csr_dir.resolve():
+        raise Refused("--out-dir must differ from --csr-dir (certificates would replace *.pem requests)")
     inputs = sorted(p for p in csr_dir.iterdir() if p.suffix in (".csr", ".pem", ".der") and p.is_file())
     if not inputs:
         raise Refused(f"no *.csr, *.pem or *.der files in {csr_dir}")
@@ -414,14 +416,16 @@ def _sign_batch(
         subject=subject,
         lifetime=lifetime,
     )
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = _make_dirs(out_dir)
     staging = Path(tempfile.mkdtemp(prefix=".certwright-batch-", dir=out_dir))
     try:
         issued, failures = _run_batch(authority, inputs, request, staging, jobs=jobs, quiet=as_json)
         for path, reason in failures:
-            stderr.print(f"[red]refused[/] {escape(str(path))}: {escape(reason)}", markup=True, highlight=False)
+            message = f"[red]refused[/] {escape(str(path))}: {escape(reason)}"
+            stderr.print(message, markup=True, highlight=False)
         if failures and not keep_going:
+            if as_json:
+                _emit_batch([], failures)
             raise Refused(
                 f"{len(failures)} of {len(inputs)} requests refused; nothing written "
                 "(use --keep-going to write the others)"
@@ -432,22 +436,43 @@ def _sign_batch(
         sync(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+        _remove_empty(created)
         raise
     staging.rmdir()
+    if not issued:
+        _remove_empty(created)
     written = sorted(targets[source] for source in issued)
     if as_json:
-        emit_json(
-            {
-                "issued": [str(p) for p in written],
-                "refused": [{"csr": str(p), "reason": r} for p, r in failures],
-            }
-        )
+        _emit_batch(written, failures)
     else:
         click.echo(f"signed {len(written)} of {len(inputs)} requests into {out_dir}")
     if failures:
         raise SystemExit(1)
+
+
+def _emit_batch(written: list[Path], failures: list[tuple[Path, str]]) -> None:
+    emit_json(
+        {
+            "issued": [str(p) for p in written],
+            "refused": [{"csr": str(p), "reason": r} for p, r in failures],
+        }
+    )
+
+
+def _make_dirs(directory: Path) -> list[Path]:
+    """``mkdir -p``; returns the directories it created, deepest first."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Undo :func:`_make_dirs` where the directories are still empty."""
+    for directory in created:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 @click.command()
