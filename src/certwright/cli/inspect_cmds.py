@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from cryptography import x509
 
-from certwright.cli.common import Refused, emit_json, json_option, stderr
+from certwright.cli.common import Refused, emit_json, json_option, say
 from certwright.cli.render import print_certificate, print_csr
 from certwright.errors import InvalidCertificateError, VerificationError
 from certwright.files import parse_certificates, parse_csr, read_certificates
@@ -137,7 +137,7 @@ def verify(
             }
         )
         return
-    stderr.print("[bold green]OK[/] chain verifies", markup=True)
+    say("chain verifies", style="green", label="OK")
     click.echo(f"identity  {result.identity or '-'}")
     click.echo(f"roles     {', '.join(result.roles) or '-'}")
     if result.attributes:

@@ -10,7 +10,7 @@ import click
 
 from certwright.cadir import CONFIG, init_ca, open_ca
 from certwright.cli.cert_cmds import write_all
-from certwright.cli.common import PASSPHRASE_ENV, stderr
+from certwright.cli.common import PASSPHRASE_ENV, say
 from certwright.files import write_secret
 from certwright.verify.chain import Purpose
 from certwright.verify.identity import verify_identity
@@ -81,7 +81,7 @@ def quickstart(directory: Path, trust_domain: str) -> None:
         trust_domain=opened.settings.trust_domain,
         extension_oid=opened.settings.extension_oid,
     )
-    stderr.print("[bold green]verified[/]", markup=True)
+    say("the chain, identity and roles check out", style="green", label="verified")
     click.echo(f"  identity  {result.identity}")
     click.echo(f"  roles     {', '.join(result.roles)}")
     click.echo(f"  files     {directory}/web.pem, web.key (0600), web.chain.pem")

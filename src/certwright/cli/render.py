@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from certwright.cli.common import stdout
 from certwright.durations import format_duration
 from certwright.inspect import CertificateInfo, CSRInfo
+
+stdout = Console(highlight=False, soft_wrap=True)
 
 
 def _time_left(info: CertificateInfo) -> Text:

@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import idna
 from cryptography import x509
 
 from certwright.errors import InvalidNameError
@@ -86,11 +85,15 @@ def _a_label(original: str, label: str) -> str:
                 "hyphens, not starting or ending with a hyphen"
             )
         if lowered.startswith("xn--"):
+            import idna
+
             try:
                 idna.decode(lowered)
             except idna.IDNAError as exc:
                 raise InvalidNameError(f"DNS name {original!r}: bad A-label {label!r}: {exc}") from None
         return lowered
+    import idna
+
     try:
         return idna.encode(label, uts46=True).decode("ascii")
     except idna.IDNAError as exc:
