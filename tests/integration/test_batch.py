@@ -99,9 +99,9 @@ def _run_recording_pids(ca_dir: Path, csr_dir: Path, base: Path, *options: str) 
     marks.mkdir()
     original = certwright.batch._Job.run
 
-    def recording_run(self: certwright.batch._Job, paths: list[Path]) -> list[str | None]:
-        (marks / f"{os.getpid()}-{paths[0].stem}").touch()
-        return original(self, paths)
+    def recording_run(self: certwright.batch._Job, names: list[str]) -> list[str | None]:
+        (marks / f"{os.getpid()}-{certwright.batch.stem(names[0])}").touch()
+        return original(self, names)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(certwright.batch._Job, "run", recording_run)
@@ -249,28 +249,29 @@ def test_existing_target_without_force_changes_nothing(tmp_path: Path, ca_dir: P
 # --- the library ---------------------------------------------------------------------------------
 
 
-def _sign_files(ca_dir: Path, paths: list[Path], staging: Path) -> Iterator[list[BatchItem]]:
+def _sign_files(ca_dir: Path, directory: Path, staging: Path) -> Iterator[list[BatchItem]]:
     opened = open_ca(ca_dir, passphrase=PASSPHRASE.encode())
     request = BatchRequest(profile=opened.profile("mtls"))
     staging.mkdir(mode=0o700)
-    return sign_csr_files(opened.require_authority(), paths, request, staging=staging, jobs=2)
+    names = sorted(p.name for p in directory.iterdir())
+    return sign_csr_files(opened.require_authority(), directory, names, request, staging=staging, jobs=2)
 
 
 def test_sign_csr_files_stages_every_certificate(tmp_path: Path, ca_dir: Path, csr_dir: Path) -> None:
-    paths = sorted(csr_dir.iterdir())
-    assert len(paths) == COUNT
+    names = sorted(p.name for p in csr_dir.iterdir())
+    assert len(names) == COUNT
     staging = tmp_path / "staging"
-    chunks = list(_sign_files(ca_dir, paths, staging))
+    chunks = list(_sign_files(ca_dir, csr_dir, staging))
     assert len(chunks) == CHUNKS and all(len(chunk) <= CHUNK for chunk in chunks)
     items = [item for chunk in chunks for item in chunk]
-    assert sorted(item.source for item in items) == paths
+    assert [item.name for item in items] == names  # in order
     for item in items:
         assert item.error is None, item
-        assert item.staged == staging / f"{item.source.stem}.pem", item
-        assert item.staged.is_file(), item
-        cert = x509.load_pem_x509_certificate(item.staged.read_bytes())
+        staged = staging / f"{item.stem}.pem"
+        assert staged.is_file(), item
+        cert = x509.load_pem_x509_certificate(staged.read_bytes())
         uris = sans_of(cert).get_values_for_type(x509.UniformResourceIdentifier)
-        assert uris == [identity(item.source.stem)], item
+        assert uris == [identity(item.stem)], item
     assert {p.name for p in staging.iterdir()} == expected_files()
 
 
@@ -279,13 +280,13 @@ def test_sign_csr_files_reports_a_refusal_and_stages_the_rest(
 ) -> None:
     bad = with_bad_csr(csr_dir, tmp_path / "in", "tampered")
     staging = tmp_path / "staging"
-    items = [item for chunk in _sign_files(ca_dir, sorted(bad.parent.iterdir()), staging) for item in chunk]
-    refused = [item for item in items if item.source == bad]
-    assert len(refused) == 1 and refused[0].staged is None, refused
+    items = [item for chunk in _sign_files(ca_dir, bad.parent, staging) for item in chunk]
+    refused = [item for item in items if item.name == bad.name]
+    assert len(refused) == 1 and not (staging / f"{BAD}.pem").exists(), refused
     assert refused[0].error is not None and TAMPERED_REASON in refused[0].error
     for item in items:
-        if item.source != bad:
-            assert item.error is None and item.staged is not None and item.staged.is_file(), item
+        if item.name != bad.name:
+            assert item.error is None and (staging / f"{item.stem}.pem").is_file(), item
     assert {p.name for p in staging.iterdir()} == expected_files(tuple(n for n in NAMES if n != BAD))
 
 

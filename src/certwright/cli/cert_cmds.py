@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certwright.batch import BatchRequest, sign_csr_files
+from certwright.batch import stem as batch_stem
 from certwright.cadir import CADirectory, open_ca
 from certwright.cli.common import (
     CertwrightGroup,
@@ -352,33 +353,34 @@ def _sign_one(
 
 def _run_batch(
     authority: Authority,
-    inputs: list[Path],
+    csr_dir: Path,
+    names: list[str],
     request: BatchRequest,
     staging: Path,
     *,
     jobs: int | None,
     quiet: bool,
-) -> tuple[dict[Path, Path], list[tuple[Path, str]]]:
-    """Sign into ``staging`` with a progress bar; return (source -> staged file, refusals)."""
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Sign into ``staging`` with a progress bar; return (signed names, (name, reason) refusals)."""
     # rich costs ~50 ms to import: only a person at a terminal sees the bar.
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    issued: dict[Path, Path] = {}
-    failures: list[tuple[Path, str]] = []
+    signed: list[str] = []
+    failures: list[tuple[str, str]] = []
     columns = (TextColumn("signing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     console = Console(stderr=True)
     quiet = quiet or not console.is_terminal
     with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
-        task = progress.add_task("sign", total=len(inputs))
-        for chunk in sign_csr_files(authority, inputs, request, staging=staging, jobs=jobs):
+        task = progress.add_task("sign", total=len(names))
+        for chunk in sign_csr_files(authority, csr_dir, names, request, staging=staging, jobs=jobs):
             for item in chunk:
-                if item.staged is None:
-                    failures.append((item.source, item.error or "refused"))
+                if item.error is None:
+                    signed.append(item.name)
                 else:
-                    issued[item.source] = item.staged
+                    failures.append((item.name, item.error))
             progress.advance(task, len(chunk))
-    return issued, sorted(failures)
+    return signed, sorted(failures)
 
 
 def _sign_batch(
@@ -398,16 +400,17 @@ def _sign_batch(
 ) -> None:
     if out_dir.exists() and out_dir.resolve() == csr_dir.resolve():
         raise Refused("--out-dir must differ from --csr-dir (certificates would replace *.pem requests)")
-    inputs = sorted(p for p in csr_dir.iterdir() if p.suffix in (".csr", ".pem", ".der") and p.is_file())
-    if not inputs:
+    names = _requests_in(csr_dir)
+    if not names:
         raise Refused(f"no *.csr, *.pem or *.der files in {csr_dir}")
-    targets = {p: out_dir / f"{p.stem}.pem" for p in inputs}
-    if len(set(targets.values())) != len(inputs):
+    stems = {batch_stem(n) for n in names}
+    if len(stems) != len(names):
         raise Refused(f"{csr_dir} holds requests with the same name stem (e.g. a.csr and a.pem)")
-    if not force:
-        existing = [t for t in targets.values() if t.exists()]
-        if existing:
-            raise FileExistsError(f"{existing[0]} already exists")
+    if not force and out_dir.is_dir():
+        # One listing rather than a stat per target: batches run to hundreds of thousands.
+        clash = sorted(stems & {batch_stem(n) for n in os.listdir(out_dir) if n.endswith(".pem")})
+        if clash:
+            raise FileExistsError(f"{out_dir / (clash[0] + '.pem')} already exists")
     opened, authority = _open_authority(ca_dir, passphrase_file)
     request = BatchRequest(
         profile=opened.profile(profile_name),
@@ -420,41 +423,48 @@ def _sign_batch(
     created = _make_dirs(out_dir)
     staging = Path(tempfile.mkdtemp(prefix=".certwright-batch-", dir=out_dir))
     try:
-        issued, failures = _run_batch(authority, inputs, request, staging, jobs=jobs, quiet=as_json)
-        for path, reason in failures:
-            say(f"{path}: {reason}", style="red", label="refused")
+        signed, failures = _run_batch(authority, csr_dir, names, request, staging, jobs=jobs, quiet=as_json)
+        for name, reason in failures:
+            say(f"{csr_dir / name}: {reason}", style="red", label="refused")
         if failures and not keep_going:
             if as_json:
-                _emit_batch([], failures)
+                _emit_batch(csr_dir, out_dir, [], failures)
             raise Refused(
-                f"{len(failures)} of {len(inputs)} requests refused; nothing written "
+                f"{len(failures)} of {len(names)} requests refused; nothing written "
                 "(use --keep-going to write the others)"
             )
         sync(staging)  # every certificate is on disk before any of them becomes visible
-        for source in sorted(issued):
-            os.replace(issued[source], targets[source])
+        staged, final = str(staging), str(out_dir)
+        for name in signed:
+            pem = batch_stem(name) + ".pem"
+            os.replace(os.path.join(staged, pem), os.path.join(final, pem))
         sync(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(created)
         raise
     staging.rmdir()
-    if not issued:
+    if not signed:
         _remove_empty(created)
-    written = sorted(targets[source] for source in issued)
     if as_json:
-        _emit_batch(written, failures)
+        _emit_batch(csr_dir, out_dir, signed, failures)
     else:
-        click.echo(f"signed {len(written)} of {len(inputs)} requests into {out_dir}")
+        click.echo(f"signed {len(signed)} of {len(names)} requests into {out_dir}")
     if failures:
         raise SystemExit(1)
 
 
-def _emit_batch(written: list[Path], failures: list[tuple[Path, str]]) -> None:
+def _requests_in(directory: Path) -> list[str]:
+    """The request file names of a directory, sorted (scandir: no stat per entry, mostly)."""
+    with os.scandir(directory) as entries:
+        return sorted(e.name for e in entries if e.name.endswith((".csr", ".pem", ".der")) and e.is_file())
+
+
+def _emit_batch(csr_dir: Path, out_dir: Path, signed: list[str], failures: list[tuple[str, str]]) -> None:
     emit_json(
         {
-            "issued": [str(p) for p in written],
-            "refused": [{"csr": str(p), "reason": r} for p, r in failures],
+            "issued": [str(out_dir / (batch_stem(n) + ".pem")) for n in sorted(signed)],
+            "refused": [{"csr": str(csr_dir / n), "reason": r} for n, r in failures],
         }
     )
 
