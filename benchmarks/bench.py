@@ -452,7 +452,8 @@ def run_openssl_ca(setup: CliSetup, work_dir: Path) -> float:
     work_dir.mkdir()
     (work_dir / "newcerts").mkdir()
     (work_dir / "index.txt").write_text("")
-    (work_dir / "serial").write_text(os.urandom(16).hex().upper().lstrip("0") + "\n")
+    # openssl reads the serial file as whole hex octets: keep an even number of digits, no sign bit.
+    (work_dir / "serial").write_text((b"\x01" + os.urandom(15)).hex().upper() + "\n")
     config = openssl_ca_config(setup, work_dir)
     out = work_dir / "issued.pem"
     command = ["openssl", "ca", "-batch", "-config", str(config), "-notext", "-out", str(out),

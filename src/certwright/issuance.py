@@ -32,7 +32,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -266,6 +266,34 @@ class _Template:
     tail: bytes
 
 
+_PROOF = object()
+
+
+@dataclass(frozen=True)
+class VerifiedCSR:
+    """A CSR whose self-signature verified. Only :func:`verify_csr` makes one.
+
+    Lets batch signing verify requests ahead of time (while the CA key is still being
+    opened) without a "skip the check" flag anyone could pass.
+    """
+
+    csr: x509.CertificateSigningRequest
+    _proof: object = field(repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._proof is not _PROOF:
+            raise TypeError("VerifiedCSR is made by verify_csr(), not directly")
+
+
+def verify_csr(csr: x509.CertificateSigningRequest) -> VerifiedCSR:
+    """Check a CSR's signature (RFC 2986 3: proof that the requester holds the key)."""
+    if not csr.is_signature_valid:
+        raise InvalidCSRError(
+            "the CSR signature does not verify: it was altered or not signed by its own key"
+        )
+    return VerifiedCSR(csr, _PROOF)
+
+
 class Authority:
     """A CA that issues: its certificate, private key, the chain above it, and settings.
 
@@ -387,7 +415,7 @@ class Authority:
 
     def sign_csr(
         self,
-        csr: x509.CertificateSigningRequest,
+        csr: x509.CertificateSigningRequest | VerifiedCSR,
         *,
         profile: Profile,
         identity: SpiffeId | None = None,
@@ -400,13 +428,10 @@ class Authority:
 
         Of the CSR's requested extensions only the SANs are read, and they pass the same
         profile checks as any request; a request for CA:true is refused outright, the rest
-        (key usage, EKU, anything else) is ignored: the profile decides those.
+        (key usage, EKU, anything else) is ignored: the profile decides those. A
+        :class:`VerifiedCSR` (from :func:`verify_csr`) is not verified a second time.
         """
-        # RFC 2986 3: the signature proves the requester holds the private key.
-        if not csr.is_signature_valid:
-            raise InvalidCSRError(
-                "the CSR signature does not verify: it was altered or not signed by its own key"
-            )
+        csr = (csr if isinstance(csr, VerifiedCSR) else verify_csr(csr)).csr
         requested, wants_ca = _csr_requests(csr)
         if wants_ca and not profile.ca:
             raise PolicyViolation(
@@ -630,4 +655,12 @@ def _csr_label(csr: x509.CertificateSigningRequest) -> x509.Name | None:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, value)])
 
 
-__all__ = ["Authority", "ExtendedKeyUsage", "create_root", "name_constraints", "random_serial"]
+__all__ = [
+    "Authority",
+    "ExtendedKeyUsage",
+    "VerifiedCSR",
+    "create_root",
+    "name_constraints",
+    "random_serial",
+    "verify_csr",
+]

@@ -320,3 +320,29 @@ def test_output_directory_equal_to_input_directory_is_refused(
     assert outcome.code == 1, outcome
     assert "--out-dir must differ from --csr-dir" in outcome.stderr
     assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+def test_requests_checked_ahead_are_signed_without_a_second_check(
+    tmp_path: Path, ca_dir: Path, csr_dir: Path
+) -> None:
+    bad = with_bad_csr(csr_dir, tmp_path / "in", "tampered")
+    names = sorted(p.name for p in bad.parent.iterdir())
+    checked = certwright.batch.check_ahead(bad.parent, names, stop=lambda: False)
+    assert set(checked) == set(names)
+    assert isinstance(checked[bad.name], str) and TAMPERED_REASON in checked[bad.name]
+    assert all(isinstance(v, certwright.batch.VerifiedCSR) for n, v in checked.items() if n != bad.name)
+    stopped = certwright.batch.check_ahead(bad.parent, names, stop=lambda: True)
+    assert stopped == {}
+    opened = open_ca(ca_dir, passphrase=PASSPHRASE.encode())
+    staging = tmp_path / "staging"
+    staging.mkdir(mode=0o700)
+    request = BatchRequest(profile=opened.profile("mtls"))
+    items = [
+        item
+        for chunk in sign_csr_files(
+            opened.require_authority(), bad.parent, names, request, staging=staging, jobs=2, checked=checked
+        )
+        for item in chunk
+    ]
+    assert [i.name for i in items if i.error is not None] == [bad.name]
+    assert {p.name for p in staging.iterdir()} == expected_files(tuple(n for n in NAMES if n != BAD))

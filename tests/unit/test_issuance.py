@@ -17,13 +17,14 @@ import ipaddress
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certwright.clock import FixedClock
 from certwright.errors import InvalidCSRError, InvalidIdentityError, InvalidInputError, PolicyViolation
-from certwright.issuance import SERIAL_BITS, Authority, create_root, random_serial
+from certwright.issuance import SERIAL_BITS, Authority, VerifiedCSR, create_root, random_serial, verify_csr
 from certwright.x509 import der
 from certwright.x509.authz import Authorization
 from certwright.x509.identity import SpiffeId
@@ -842,3 +843,23 @@ def test_templates_follow_a_replaced_profile(authority, leaf_keys):
     second = authority.issue(leaf_keys(KeyType.EC_P256).public_key(), profile=server_only, identity=WEB)
     assert len(_ext(first, x509.ExtendedKeyUsage).value) == 2
     assert len(_ext(second, x509.ExtendedKeyUsage).value) == 1
+
+
+def test_verified_csr_cannot_be_forged_around_verify_csr() -> None:
+    csr = _csr_for_forgery()
+    with pytest.raises(TypeError, match="made by verify_csr"):
+        VerifiedCSR(csr, object())
+
+
+def test_verify_csr_refuses_a_tampered_request() -> None:
+    csr = _csr_for_forgery()
+    assert verify_csr(csr).csr is csr
+    der = bytearray(csr.public_bytes(serialization.Encoding.DER))
+    der[-5] ^= 0x01  # inside the signature
+    with pytest.raises(InvalidCSRError, match="signature does not verify"):
+        verify_csr(x509.load_der_x509_csr(bytes(der)))
+
+
+def _csr_for_forgery() -> x509.CertificateSigningRequest:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())

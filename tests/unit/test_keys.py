@@ -315,3 +315,23 @@ def test_openssl_pkcs12_info_reads_our_bundle(tmp_path, openssl, p12_bundle):
     )
     assert bad.returncode != 0
     assert "mac verify" in bad.stderr.decode().lower()
+
+
+def test_certwright_format_opens_through_the_gil_free_path_with_the_same_key() -> None:
+    # keys._load_scrypt_pkcs8 decrypts certwright's own format itself (so the scrypt
+    # derivation can overlap other work); it must give exactly what cryptography gives.
+    from cryptography.hazmat.primitives import serialization as ser
+
+    from certwright.x509 import keys as keys_module
+
+    key = keys_module.generate_key(keys_module.KeyType.EC_P256)
+    pem = keys_module.private_key_pem(key, b"correct horse")
+    fast = keys_module._load_scrypt_pkcs8(pem, b"correct horse")
+    slow = ser.load_pem_private_key(pem, b"correct horse")
+    assert fast is not None
+    assert fast.private_numbers() == slow.private_numbers() == key.private_numbers()  # type: ignore[union-attr]
+    with pytest.raises(keys_module.InvalidKeyError, match="wrong passphrase"):
+        keys_module._load_scrypt_pkcs8(pem, b"wrong horse")
+    # Not certwright's format: left to cryptography.
+    other = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.BestAvailableEncryption(b"pw"))
+    assert keys_module._load_scrypt_pkcs8(other, b"pw") is None

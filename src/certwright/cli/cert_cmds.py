@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certwright.batch import BatchRequest, sign_csr_files
+from certwright.batch import BatchRequest, Checked, check_ahead, sign_csr_files
 from certwright.batch import stem as batch_stem
 from certwright.cadir import CADirectory, open_ca
 from certwright.cli.common import (
@@ -358,6 +359,7 @@ def _run_batch(
     request: BatchRequest,
     staging: Path,
     *,
+    checked: dict[str, Checked],
     jobs: int | None,
     quiet: bool,
 ) -> tuple[list[str], list[tuple[str, str]]]:
@@ -373,7 +375,10 @@ def _run_batch(
     quiet = quiet or not console.is_terminal
     with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
         task = progress.add_task("sign", total=len(names))
-        for chunk in sign_csr_files(authority, csr_dir, names, request, staging=staging, jobs=jobs):
+        batches = sign_csr_files(
+            authority, csr_dir, names, request, staging=staging, jobs=jobs, checked=checked
+        )
+        for chunk in batches:
             for item in chunk:
                 if item.error is None:
                     signed.append(item.name)
@@ -400,18 +405,25 @@ def _sign_batch(
 ) -> None:
     if out_dir.exists() and out_dir.resolve() == csr_dir.resolve():
         raise Refused("--out-dir must differ from --csr-dir (certificates would replace *.pem requests)")
-    names = _requests_in(csr_dir)
-    if not names:
-        raise Refused(f"no *.csr, *.pem or *.der files in {csr_dir}")
-    stems = {batch_stem(n) for n in names}
-    if len(stems) != len(names):
-        raise Refused(f"{csr_dir} holds requests with the same name stem (e.g. a.csr and a.pem)")
-    if not force and out_dir.is_dir():
-        # One listing rather than a stat per target: batches run to hundreds of thousands.
-        clash = sorted(stems & {batch_stem(n) for n in os.listdir(out_dir) if n.endswith(".pem")})
-        if clash:
-            raise FileExistsError(f"{out_dir / (clash[0] + '.pem')} already exists")
-    opened, authority = _open_authority(ca_dir, passphrase_file)
+    opened = open_ca(ca_dir)  # fails fast, before a passphrase prompt, on a wrong directory
+    passphrase = read_passphrase(passphrase_file)
+    # The scrypt derivation (~130 ms) runs in a thread while this one lists the requests.
+    with ThreadPoolExecutor(max_workers=1) as background:
+        unlocking = background.submit(opened.unlock, passphrase)
+        names = _requests_in(csr_dir)
+        if not names:
+            raise Refused(f"no *.csr, *.pem or *.der files in {csr_dir}")
+        stems = {batch_stem(n) for n in names}
+        if len(stems) != len(names):
+            raise Refused(f"{csr_dir} holds requests with the same name stem (e.g. a.csr and a.pem)")
+        if not force and out_dir.is_dir():
+            # One listing rather than a stat per target: batches run to hundreds of thousands.
+            clash = sorted(stems & {batch_stem(n) for n in os.listdir(out_dir) if n.endswith(".pem")})
+            if clash:
+                raise FileExistsError(f"{out_dir / (clash[0] + '.pem')} already exists")
+        checked = check_ahead(csr_dir, names, stop=unlocking.done)
+        opened = unlocking.result()
+    authority = opened.require_authority()
     request = BatchRequest(
         profile=opened.profile(profile_name),
         identity=wanted.identity,
@@ -423,7 +435,9 @@ def _sign_batch(
     created = _make_dirs(out_dir)
     staging = Path(tempfile.mkdtemp(prefix=".certwright-batch-", dir=out_dir))
     try:
-        signed, failures = _run_batch(authority, csr_dir, names, request, staging, jobs=jobs, quiet=as_json)
+        signed, failures = _run_batch(
+            authority, csr_dir, names, request, staging, checked=checked, jobs=jobs, quiet=as_json
+        )
         for name, reason in failures:
             say(f"{csr_dir / name}: {reason}", style="red", label="refused")
         if failures and not keep_going:
