@@ -1,0 +1,52 @@
+"""How an issuer key signs a CRL: the AlgorithmIdentifier to announce and the signing call.
+
+This repeats the few lines of ``certwright.issuance._signer`` on purpose: the revocation
+package sits in the core layer and may import only ``certwright.x509``, ``errors`` and
+``clock`` (the import-linter contract), and ``_signer`` is private to issuance. The two
+must agree, which the CRL tests prove by comparing with ``cryptography``'s builder (the
+same algorithm choices: ECDSA with SHA-256, or SHA-384 on P-384; RSA PKCS#1 v1.5 with
+SHA-256; pure Ed25519). Moving one shared copy into ``certwright.x509`` is the cleaner end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from certwright.errors import InvalidKeyError
+from certwright.x509 import der
+from certwright.x509.keys import SigningKey
+
+
+@dataclass(frozen=True)
+class Signer:
+    """The AlgorithmIdentifier DER a signature announces, and the call that makes it."""
+
+    algorithm_der: bytes
+    sign: Callable[[bytes], bytes]
+
+
+def signer_for(key: SigningKey) -> Signer:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return Signer(der.sequence(der.oid("1.3.101.112")), key.sign)  # RFC 8410 3
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        sha384 = key.curve.key_size > 256
+        algorithm = ec.ECDSA(hashes.SHA384() if sha384 else hashes.SHA256())
+        oid = "1.2.840.10045.4.3.3" if sha384 else "1.2.840.10045.4.3.2"  # RFC 5758 3.2
+
+        def sign_ec(data: bytes) -> bytes:
+            return key.sign(data, algorithm)
+
+        return Signer(der.sequence(der.oid(oid)), sign_ec)
+    if isinstance(key, rsa.RSAPrivateKey):
+        pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+
+        def sign_rsa(data: bytes) -> bytes:
+            return key.sign(data, pkcs1, sha256)
+
+        # RFC 4055 5: the parameters of sha256WithRSAEncryption are NULL.
+        return Signer(der.sequence(der.oid("1.2.840.113549.1.1.11"), b"\x05\x00"), sign_rsa)
+    raise InvalidKeyError(f"cannot sign with a {type(key).__name__}")
