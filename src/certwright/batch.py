@@ -23,7 +23,9 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certwright.errors import CertwrightError
@@ -57,6 +59,7 @@ class BatchItem:
 
     name: str
     error: str | None
+    record: Any = None  # what ``describe`` made of the certificate (computed in the worker)
 
     @property
     def stem(self) -> str:
@@ -111,6 +114,7 @@ def sign_csr_files(
     staging: Path,
     jobs: int | None = None,
     checked: Mapping[str, Checked] | None = None,
+    describe: Callable[[x509.Certificate], Any] | None = None,
 ) -> Iterator[list[BatchItem]]:
     """Sign the CSR files ``names`` of ``directory`` into ``staging`` (empty, private).
 
@@ -118,10 +122,13 @@ def sign_csr_files(
     unique. Yields results chunk by chunk, in the order of ``names``. File names are plain
     strings here: with 10^5 requests, pathlib objects cost more than the file system.
     ``checked`` holds requests already read and verified (:func:`check_ahead`).
+    ``describe(certificate)`` runs in the worker that signed it; its result (picklable)
+    comes back as ``BatchItem.record`` (the service turns certificates into inventory rows
+    there, on every core, rather than in the parent).
     """
     jobs = default_jobs(len(names)) if jobs is None else max(1, jobs)
     chunks = [list(names[i : i + CHUNK]) for i in range(0, len(names), CHUNK)]
-    job = _Job(authority, request, str(directory), str(staging), checked or {})
+    job = _Job(authority, request, str(directory), str(staging), checked or {}, describe)
     if jobs == 1 or len(chunks) == 1:
         for chunk in chunks:
             yield _items(chunk, job.run(chunk))
@@ -141,9 +148,10 @@ class _Job:
     directory: str
     staging: str
     checked: Mapping[str, Checked]
+    describe: Callable[[x509.Certificate], Any] | None
 
-    def run(self, names: list[str]) -> list[str | None]:
-        """Sign and stage each CSR; return None for success or the refusal reason.
+    def run(self, names: list[str]) -> list[tuple[str | None, Any]]:
+        """Sign and stage each CSR; return (None or the refusal reason, describe's result).
 
         In phases: read every file, then sign every request, then write every certificate.
         Interleaving system calls with the signing costs a fifth more per certificate
@@ -151,18 +159,20 @@ class _Job:
         """
         ready = [self.checked.get(name) or _check(os.path.join(self.directory, name), name) for name in names]
         signed = [self._sign(item) for item in ready]
-        for name, (pem, _) in zip(names, signed, strict=True):
+        for name, (pem, _, _) in zip(names, signed, strict=True):
             if pem is not None:
                 self._stage(name, pem)
-        return [error for _, error in signed]
+        return [(error, record) for _, record, error in signed]
 
-    def _sign(self, item: Checked) -> tuple[bytes | None, str | None]:
+    def _sign(self, item: Checked) -> tuple[bytes | None, Any, str | None]:
         if isinstance(item, str):
-            return None, item
+            return None, None, item
         try:
-            return _sign(self.authority, self.request, item), None
+            certificate = _sign(self.authority, self.request, item)
+            record = self.describe(certificate) if self.describe is not None else None
         except CertwrightError as exc:
-            return None, str(exc)
+            return None, None, str(exc)
+        return certificate.public_bytes(serialization.Encoding.PEM), record, None
 
     def _stage(self, name: str, pem: bytes) -> None:
         # The staging directory is ours alone (mode 0700, fresh): a plain create suffices,
@@ -184,8 +194,8 @@ def _read(path: str) -> bytes | str:
         return f"cannot read {path}: {exc.strerror}"
 
 
-def _items(names: list[str], verdicts: list[str | None]) -> list[BatchItem]:
-    return [BatchItem(name, error) for name, error in zip(names, verdicts, strict=True)]
+def _items(names: list[str], verdicts: list[tuple[str | None, Any]]) -> list[BatchItem]:
+    return [BatchItem(name, error, record) for name, (error, record) in zip(names, verdicts, strict=True)]
 
 
 # Per-worker state, set once by the pool initializer in each forked worker process.
@@ -197,13 +207,13 @@ def _init_worker(job: _Job) -> None:
     _worker = job
 
 
-def _run_chunk(names: list[str]) -> list[str | None]:
+def _run_chunk(names: list[str]) -> list[tuple[str | None, Any]]:
     assert _worker is not None, "worker used before its initializer ran"
     return _worker.run(names)
 
 
-def _sign(authority: Authority, request: BatchRequest, csr: VerifiedCSR) -> bytes:
-    cert = authority.sign_csr(
+def _sign(authority: Authority, request: BatchRequest, csr: VerifiedCSR) -> x509.Certificate:
+    return authority.sign_csr(
         csr,
         profile=request.profile,
         identity=request.identity,
@@ -212,4 +222,3 @@ def _sign(authority: Authority, request: BatchRequest, csr: VerifiedCSR) -> byte
         subject=request.subject,
         lifetime=request.lifetime,
     )
-    return cert.public_bytes(serialization.Encoding.PEM)

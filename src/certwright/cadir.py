@@ -9,6 +9,7 @@ Layout::
     DIR/intermediate.key   its key, encrypted, mode 0600
     DIR/bundle.pem         the trust bundle relying parties install (the root)
     DIR/profiles.toml      optional user profiles, read when present
+    DIR/inventory.db       the SQLite inventory (unless ca.toml names another database)
 
 Example::
 
@@ -30,6 +31,7 @@ import os
 import secrets
 import shutil
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,7 @@ ROOT_CERT, ROOT_KEY = "root.pem", "root.key"
 INTERMEDIATE_CERT, INTERMEDIATE_KEY = "intermediate.pem", "intermediate.key"
 BUNDLE = "bundle.pem"
 PROFILES = "profiles.toml"
+INVENTORY = "inventory.db"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class CAConfig:
     name: str
     settings: CASettings
     key_type: KeyType
+    inventory_url: str | None = None  # None: the directory's own SQLite file
 
     def to_toml(self) -> str:
         s = self.settings
@@ -76,6 +80,8 @@ class CAConfig:
             f"ocsp_urls = {json.dumps(list(s.ocsp_urls))}",
             f"ca_issuer_urls = {json.dumps(list(s.ca_issuer_urls))}",
         ]
+        if self.inventory_url:
+            lines.append(f"inventory_url = {json.dumps(self.inventory_url)}")
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -91,7 +97,12 @@ class CAConfig:
                 ocsp_urls=tuple(data.get("ocsp_urls", ())),
                 ca_issuer_urls=tuple(data.get("ca_issuer_urls", ())),
             )
-            return cls(name=data["name"], settings=settings, key_type=KeyType(data["key_type"]))
+            return cls(
+                name=data["name"],
+                settings=settings,
+                key_type=KeyType(data["key_type"]),
+                inventory_url=data.get("inventory_url"),
+            )
         except (tomllib.TOMLDecodeError, KeyError, ValueError, TypeError) as exc:
             raise CADirectoryError(f"{source}: invalid CA settings: {exc}") from None
 
@@ -110,6 +121,11 @@ class CADirectory:
     @property
     def settings(self) -> CASettings:
         return self.config.settings
+
+    @property
+    def inventory(self) -> str:
+        """Where the inventory lives: ``inventory_url`` of ca.toml, else DIR/inventory.db."""
+        return self.config.inventory_url or str(self.path / INVENTORY)
 
     @property
     def bundle(self) -> list[x509.Certificate]:
@@ -148,18 +164,31 @@ def init_ca(
     root_lifetime: datetime.timedelta | None = None,
     intermediate_lifetime: datetime.timedelta | None = None,
     clock: Clock | None = None,
+    crl_urls: tuple[str, ...] = (),
+    ocsp_urls: tuple[str, ...] = (),
+    inventory_url: str | None = None,
+    prepare: Callable[[Path, x509.Certificate, x509.Certificate], None] | None = None,
 ) -> CADirectory:
     """Create a root and a name-constrained issuing intermediate in ``directory``.
 
     Everything is written to a temporary sibling directory first and renamed into place at
     the end, so a failure leaves nothing behind. ``directory`` must not exist or be empty.
+    ``prepare(staging, root, intermediate)`` runs in the staging directory before that
+    rename (the CLI creates and fills the inventory there). ``inventory_url`` records a
+    database other than the directory's own SQLite file in ``ca.toml``.
     """
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise CADirectoryError(f"{directory} already exists and is not empty; choose a new directory")
     if len(passphrase) < 8:
         raise CADirectoryError("the CA passphrase must be at least 8 bytes long")
-    settings = CASettings(trust_domain=trust_domain, dns_zones=dns_zones, extension_oid=extension_oid)
-    config = CAConfig(name=name, settings=settings, key_type=key_type)
+    settings = CASettings(
+        trust_domain=trust_domain,
+        dns_zones=dns_zones,
+        extension_oid=extension_oid,
+        crl_urls=crl_urls,
+        ocsp_urls=ocsp_urls,
+    )
+    config = CAConfig(name=name, settings=settings, key_type=key_type, inventory_url=inventory_url)
     root_key = generate_key(key_type)
     root = create_root(
         root_key, subject=_subject(f"{name} Root CA"), settings=settings, lifetime=root_lifetime, clock=clock
@@ -183,6 +212,8 @@ def init_ca(
         write_file(staging / BUNDLE, _pem(root))
         write_secret(staging / ROOT_KEY, private_key_pem(root_key, passphrase))
         write_secret(staging / INTERMEDIATE_KEY, private_key_pem(issuing_key, passphrase))
+        if prepare is not None:
+            prepare(staging, root, intermediate)
         if directory.exists():
             directory.rmdir()
         os.replace(staging, directory)

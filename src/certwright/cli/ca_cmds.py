@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from cryptography import x509
 
-from certwright.cadir import CADirectory, init_ca, open_ca
+from certwright.cadir import INVENTORY, CADirectory, init_ca, open_ca
 from certwright.cli.common import (
     CertwrightGroup,
     emit_json,
@@ -15,9 +16,12 @@ from certwright.cli.common import (
     passphrase_option,
     read_passphrase,
 )
+from certwright.cli.inventory import actor
 from certwright.cli.render import print_certificate
 from certwright.durations import parse_duration
 from certwright.inspect import describe_certificate
+from certwright.service import CertificateService
+from certwright.store import open_store
 from certwright.x509.authz import DEFAULT_OID, validate_oid
 from certwright.x509.keys import KeyType
 
@@ -52,6 +56,16 @@ def ca() -> None:
 )
 @click.option("--root-ttl", default="10y", show_default=True, help="Root lifetime.")
 @click.option("--intermediate-ttl", default="5y", show_default=True, help="Intermediate lifetime.")
+@click.option(
+    "--crl-url", "crl_urls", multiple=True, help="CRL distribution point put in leaves (repeatable)."
+)
+@click.option("--ocsp-url", "ocsp_urls", multiple=True, help="OCSP responder URL put in leaves (repeatable).")
+@click.option(
+    "--db",
+    "db_url",
+    envvar="CERTWRIGHT_DB",
+    help="Keep the inventory in this database (e.g. PostgreSQL) instead of DIR/inventory.db.",
+)
 @passphrase_option
 @json_option
 def ca_init(
@@ -63,6 +77,9 @@ def ca_init(
     extension_oid: str,
     root_ttl: str,
     intermediate_ttl: str,
+    crl_urls: tuple[str, ...],
+    ocsp_urls: tuple[str, ...],
+    db_url: str | None,
     passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -83,6 +100,12 @@ def ca_init(
         extension_oid=extension_oid,
         root_lifetime=parse_duration(root_ttl),
         intermediate_lifetime=parse_duration(intermediate_ttl),
+        crl_urls=crl_urls,
+        ocsp_urls=ocsp_urls,
+        inventory_url=db_url,
+        prepare=lambda staging, root, intermediate: _create_inventory(
+            db_url or str(staging / INVENTORY), root, intermediate, extension_oid
+        ),
     )
     if as_json:
         emit_json(_summary(created))
@@ -121,6 +144,19 @@ def ca_show(directory: Path, as_json: bool) -> None:
     print_certificate(describe_certificate(opened.intermediate, extension_oid=opened.settings.extension_oid))
 
 
+def _create_inventory(
+    target: str, root: x509.Certificate, intermediate: x509.Certificate, extension_oid: str
+) -> None:
+    """Create (or migrate) the inventory and record the CA's own two certificates in it."""
+    store = open_store(target, upgrade=True)
+    try:
+        service = CertificateService(store=store, extension_oid=extension_oid, actor=actor())
+        service.record_issued([root], profile="root-ca")
+        service.record_issued([intermediate], profile="intermediate-ca")
+    finally:
+        store.close()
+
+
 def _summary(opened: CADirectory) -> dict[str, object]:
     s = opened.settings
     oid = s.extension_oid
@@ -131,6 +167,7 @@ def _summary(opened: CADirectory) -> dict[str, object]:
         "dns_zones": list(s.dns_zones),
         "extension_oid": oid,
         "key_type": opened.config.key_type.value,
+        "inventory": opened.inventory,
         "root": describe_certificate(opened.root, extension_oid=oid).to_json(),
         "intermediate": describe_certificate(opened.intermediate, extension_oid=oid).to_json(),
         "profiles": {
@@ -159,4 +196,5 @@ def _print_summary(opened: CADirectory) -> None:
         f"{opened.intermediate.not_valid_after_utc:%Y-%m-%d})"
     )
     click.echo(f"  bundle         {opened.path / 'bundle.pem'}")
+    click.echo(f"  inventory      {opened.inventory}")
     click.echo(f"  profiles       {', '.join(sorted(opened.profiles))}")

@@ -15,7 +15,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certwright.batch import BatchRequest, Checked, check_ahead, sign_csr_files
+from certwright.batch import BatchRequest, Checked, check_ahead
 from certwright.batch import stem as batch_stem
 from certwright.cadir import CADirectory, open_ca
 from certwright.cli.common import (
@@ -30,10 +30,12 @@ from certwright.cli.common import (
     read_passphrase,
     say,
 )
+from certwright.cli.inventory import open_inventory
 from certwright.durations import parse_duration
 from certwright.files import read_certificates, read_csr, read_private_key, sync, write_file, write_secret
 from certwright.inspect import describe_certificate
 from certwright.issuance import Authority
+from certwright.service import BatchOutcome, BatchRefusedError
 from certwright.x509.authz import Authorization
 from certwright.x509.identity import SpiffeId
 from certwright.x509.keys import (
@@ -45,7 +47,6 @@ from certwright.x509.keys import (
     signature_hash,
 )
 from certwright.x509.names import SubjectAltNames, parse_subject
-from certwright.x509.profiles import Profile
 
 
 def _pem(cert: x509.Certificate) -> bytes:
@@ -215,15 +216,17 @@ def issue(
     opened, authority = _open_authority(ca_dir, passphrase_file)
     chosen = opened.profile(profile)
     private = generate_key(key_type)
-    cert = authority.issue(
-        private.public_key(),
-        profile=chosen,
-        identity=wanted.identity,
-        sans=wanted.sans,
-        authorization=wanted.authorization,
-        subject=subject,
-        lifetime=lifetime,
-    )
+    with open_inventory(None, None, ca=opened) as inventory:
+        # Stored and audited in the transaction that returns it (the inventory issue).
+        cert = inventory.certificates().issue(
+            private.public_key(),
+            profile=chosen,
+            identity=wanted.identity,
+            sans=wanted.sans,
+            authorization=wanted.authorization,
+            subject=subject,
+            lifetime=lifetime,
+        )
     chain = b"".join(_pem(c) for c in (cert, *authority.chain_for_leaf()))
     paths = {
         Path(f"{prefix}.pem"): (_pem(cert), False),
@@ -310,7 +313,16 @@ def sign(
     if csr_file is not None:
         request = read_csr(csr_file)
         opened, authority = _open_authority(ca_dir, passphrase_file)
-        cert = _sign_one(authority, opened.profile(profile), request, wanted, subject, lifetime)
+        with open_inventory(None, None, ca=opened) as inventory:
+            cert = inventory.certificates().sign_csr(
+                request,
+                profile=opened.profile(profile),
+                identity=wanted.identity,
+                sans=wanted.sans or None,
+                authorization=wanted.authorization,
+                subject=subject,
+                lifetime=lifetime,
+            )
         chain = b"".join(_pem(c) for c in (cert, *authority.chain_for_leaf()))
         paths = {Path(f"{prefix}.pem"): (_pem(cert), False), Path(f"{prefix}.chain.pem"): (chain, False)}
         write_all(paths, force=force)
@@ -333,27 +345,8 @@ def sign(
     )
 
 
-def _sign_one(
-    authority: Authority,
-    profile: Profile,
-    request: x509.CertificateSigningRequest,
-    wanted: _Wanted,
-    subject: str | None,
-    lifetime: datetime.timedelta | None,
-) -> x509.Certificate:
-    return authority.sign_csr(
-        request,
-        profile=profile,
-        identity=wanted.identity,
-        sans=wanted.sans or None,
-        authorization=wanted.authorization,
-        subject=subject,
-        lifetime=lifetime,
-    )
-
-
 def _run_batch(
-    authority: Authority,
+    opened: CADirectory,
     csr_dir: Path,
     names: list[str],
     request: BatchRequest,
@@ -361,31 +354,32 @@ def _run_batch(
     *,
     checked: dict[str, Checked],
     jobs: int | None,
+    keep_going: bool,
     quiet: bool,
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """Sign into ``staging`` with a progress bar; return (signed names, (name, reason) refusals)."""
+) -> BatchOutcome:
+    """Sign and record through the service, with a progress bar for a person at a terminal."""
     # rich costs ~50 ms to import: only a person at a terminal sees the bar.
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    signed: list[str] = []
-    failures: list[tuple[str, str]] = []
     columns = (TextColumn("signing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     console = Console(stderr=True)
     quiet = quiet or not console.is_terminal
-    with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
+    with (
+        Progress(*columns, console=console, transient=True, disable=quiet) as progress,
+        open_inventory(None, None, ca=opened) as inventory,
+    ):
         task = progress.add_task("sign", total=len(names))
-        batches = sign_csr_files(
-            authority, csr_dir, names, request, staging=staging, jobs=jobs, checked=checked
+        return inventory.certificates().sign_csr_batch(
+            csr_dir,
+            names,
+            request,
+            staging=staging,
+            jobs=jobs,
+            checked=checked,
+            keep_going=keep_going,
+            progress=lambda done: progress.advance(task, done),
         )
-        for chunk in batches:
-            for item in chunk:
-                if item.error is None:
-                    signed.append(item.name)
-                else:
-                    failures.append((item.name, item.error))
-            progress.advance(task, len(chunk))
-    return signed, sorted(failures)
 
 
 def _sign_batch(
@@ -423,7 +417,6 @@ def _sign_batch(
                 raise FileExistsError(f"{out_dir / (clash[0] + '.pem')} already exists")
         checked = check_ahead(csr_dir, names, stop=unlocking.done)
         opened = unlocking.result()
-    authority = opened.require_authority()
     request = BatchRequest(
         profile=opened.profile(profile_name),
         identity=wanted.identity,
@@ -435,19 +428,26 @@ def _sign_batch(
     created = _make_dirs(out_dir)
     staging = Path(tempfile.mkdtemp(prefix=".certwright-batch-", dir=out_dir))
     try:
-        signed, failures = _run_batch(
-            authority, csr_dir, names, request, staging, checked=checked, jobs=jobs, quiet=as_json
-        )
-        for name, reason in failures:
-            say(f"{csr_dir / name}: {reason}", style="red", label="refused")
-        if failures and not keep_going:
-            if as_json:
-                _emit_batch(csr_dir, out_dir, [], failures)
-            raise Refused(
-                f"{len(failures)} of {len(names)} requests refused; nothing written "
-                "(use --keep-going to write the others)"
+        try:
+            outcome = _run_batch(
+                opened,
+                csr_dir,
+                names,
+                request,
+                staging,
+                checked=checked,
+                jobs=jobs,
+                keep_going=keep_going,
+                quiet=as_json,
             )
-        sync(staging)  # every certificate is on disk before any of them becomes visible
+        except BatchRefusedError as refused:
+            _say_refused(csr_dir, refused.failures)
+            if as_json:
+                _emit_batch(csr_dir, out_dir, [], refused.failures)
+            raise
+        signed, failures = outcome.signed, outcome.failures
+        _say_refused(csr_dir, failures)
+        sync(staging)  # recorded and on disk before any certificate becomes visible
         staged, final = str(staging), str(out_dir)
         for name in signed:
             pem = batch_stem(name) + ".pem"
@@ -466,6 +466,11 @@ def _sign_batch(
         click.echo(f"signed {len(signed)} of {len(names)} requests into {out_dir}")
     if failures:
         raise SystemExit(1)
+
+
+def _say_refused(csr_dir: Path, failures: list[tuple[str, str]]) -> None:
+    for name, reason in failures:
+        say(f"{csr_dir / name}: {reason}", style="red", label="refused")
 
 
 def _requests_in(directory: Path) -> list[str]:

@@ -24,6 +24,16 @@ COMMANDS = {
     "inspect": "certwright.cli.inspect_cmds:inspect_cmd",
     "verify": "certwright.cli.inspect_cmds:verify",
     "quickstart": "certwright.cli.quickstart:quickstart",
+    "list": "certwright.cli.inventory_cmds:list_cmd",
+    "show": "certwright.cli.inventory_cmds:show_cmd",
+    "expiring": "certwright.cli.inventory_cmds:expiring_cmd",
+    "revoke": "certwright.cli.inventory_cmds:revoke_cmd",
+    "unrevoke": "certwright.cli.inventory_cmds:unrevoke_cmd",
+    "crl": "certwright.cli.inventory_cmds:crl_cmd",
+    "ocsp": "certwright.cli.inventory_cmds:ocsp_cmd",
+    "import": "certwright.cli.inventory_cmds:import_cmd",
+    "audit": "certwright.cli.inventory_cmds:audit",
+    "db": "certwright.cli.inventory_cmds:db",
 }
 
 

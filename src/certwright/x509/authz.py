@@ -170,29 +170,7 @@ class Authorization:
     @classmethod
     def from_der(cls, data: bytes) -> Authorization:
         """Decode and validate an extension value; refuses non-canonical encodings."""
-        try:
-            value, rest = decoder.decode(data, asn1Spec=_Authorization())
-        except (PyAsn1Error, TypeError, ValueError) as exc:
-            raise InvalidExtensionError(f"malformed authorization extension: {exc}") from exc
-        if rest:
-            raise InvalidExtensionError("malformed authorization extension: trailing data")
-        version = int(value["version"])
-        if version != VERSION:
-            raise InvalidExtensionError(
-                f"authorization extension version {version} is not supported (this certwright "
-                f"reads version {VERSION})"
-            )
-        try:
-            roles = tuple(str(r) for r in value["roles"])
-            attributes = tuple((str(a["key"]), str(a["value"])) for a in value["attributes"])
-        except (PyAsn1Error, UnicodeError) as exc:
-            raise InvalidExtensionError(f"malformed authorization extension: {exc}") from exc
-        result = cls(roles=roles, attributes=attributes)
-        # pyasn1's DER decoder accepts some BER (long-form lengths, for one): only the one
-        # canonical encoding of a value is DER (X.690 10), so re-encode and compare.
-        if result.to_der() != data:
-            raise InvalidExtensionError("malformed authorization extension: not canonical DER")
-        return result
+        return _decode(bytes(data))
 
     @classmethod
     def from_certificate(
@@ -217,6 +195,35 @@ class Authorization:
         """This value as a non-critical ``x509.Extension`` for a certificate builder."""
         target = oid if isinstance(oid, x509.ObjectIdentifier) else x509.ObjectIdentifier(oid)
         return x509.Extension(target, False, x509.UnrecognizedExtension(target, self.to_der()))
+
+
+# pyasn1 takes ~100 us per decoding too, and a fleet (a batch above all) carries a handful
+# of distinct values: decode each once. The cache holds immutable results only.
+@functools.lru_cache(maxsize=4096)
+def _decode(data: bytes) -> Authorization:
+    try:
+        value, rest = decoder.decode(data, asn1Spec=_Authorization())
+    except (PyAsn1Error, TypeError, ValueError) as exc:
+        raise InvalidExtensionError(f"malformed authorization extension: {exc}") from exc
+    if rest:
+        raise InvalidExtensionError("malformed authorization extension: trailing data")
+    version = int(value["version"])
+    if version != VERSION:
+        raise InvalidExtensionError(
+            f"authorization extension version {version} is not supported (this certwright "
+            f"reads version {VERSION})"
+        )
+    try:
+        roles = tuple(str(r) for r in value["roles"])
+        attributes = tuple((str(a["key"]), str(a["value"])) for a in value["attributes"])
+    except (PyAsn1Error, UnicodeError) as exc:
+        raise InvalidExtensionError(f"malformed authorization extension: {exc}") from exc
+    result = Authorization(roles=roles, attributes=attributes)
+    # pyasn1's DER decoder accepts some BER (long-form lengths, for one): only the one
+    # canonical encoding of a value is DER (X.690 10), so re-encode and compare.
+    if result.to_der() != data:
+        raise InvalidExtensionError("malformed authorization extension: not canonical DER")
+    return result
 
 
 # pyasn1 takes ~100 us per encoding; fleets reuse a handful of role sets, so a bounded

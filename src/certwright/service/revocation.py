@@ -1,0 +1,217 @@
+"""Revoking certificates and publishing what was revoked (CRL, OCSP).
+
+Example::
+
+    >>> revocations = RevocationService(store=store, issuer=ca.intermediate,
+    ...                                 clock=clock, actor="cli:alice")      # doctest: +SKIP
+    >>> revocations.revoke(BySerial(serial), RevocationReason.KEY_COMPROMISE)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from sqlalchemy.orm import Session
+
+from certwright.clock import Clock, SystemClock
+from certwright.errors import CertwrightError, InvalidInputError
+from certwright.revocation.crl import build_crl
+from certwright.revocation.entries import CertificateStatus
+from certwright.service.certificates import ca_key_id
+from certwright.store import (
+    AuditKind,
+    BySerial,
+    CertificateRecord,
+    CertificateRef,
+    Selector,
+    Store,
+    append_event,
+    get_by_serial,
+    iter_revoked,
+    mark_revoked,
+    reserve_crl_number,
+    unrevoke,
+)
+from certwright.store import (
+    CertificateStatus as StoredStatus,
+)
+from certwright.x509.keys import SigningKey
+from certwright.x509.revocation_reason import RevocationReason
+
+DEFAULT_CRL_VALIDITY = datetime.timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class PublishedCRL:
+    """A CRL as built: its number, DER, and the count of entries it lists."""
+
+    number: int
+    der: bytes
+    entries: int
+    this_update: datetime.datetime
+    next_update: datetime.datetime
+
+
+@dataclass
+class RevocationService:
+    """Revoke, unrevoke, and publish CRLs for the certificates of one issuing CA."""
+
+    store: Store
+    issuer: x509.Certificate
+    clock: Clock = field(default_factory=SystemClock)
+    actor: str = "certwright"
+
+    @property
+    def issuer_key_id(self) -> bytes:
+        return ca_key_id(self.issuer)
+
+    def revoke(self, selector: Selector, reason: RevocationReason) -> list[CertificateRef]:
+        """Revoke what ``selector`` names (one transaction, one audit event per certificate).
+
+        An unknown serial, or a serial already revoked, is refused with the reason and
+        changes nothing; an identity or key with no live certificate is refused too.
+        """
+        now = self.clock.now()
+        with self.store.write() as session:
+            if isinstance(selector, BySerial):
+                self._require_known(session, selector)
+            changed = mark_revoked(session, self._scoped(selector), reason=reason, at=now)
+            if not changed:
+                raise CertwrightError(_nothing_to_revoke(selector))
+            for ref in changed:
+                append_event(
+                    session,
+                    kind=AuditKind.REVOKED,
+                    actor=self.actor,
+                    at=now,
+                    subject=format(ref.serial, "x"),
+                    details={"reason": reason.value, "selector": _describe(selector)},
+                )
+        return changed
+
+    def unrevoke(self, serial: int) -> CertificateRef:
+        """Lift a certificateHold (RFC 5280 5.3.1); any other revocation is final."""
+        now = self.clock.now()
+        selector = BySerial(serial, self.issuer_key_id)
+        with self.store.write() as session:
+            record = self._require_known(session, selector)
+            changed = unrevoke(session, selector, at=now)
+            if not changed:
+                state = record.status.value
+                raise CertwrightError(
+                    f"certificate {serial:x} is {state}: only a certificateHold can be lifted"
+                )
+            append_event(session, kind=AuditKind.UNREVOKED, actor=self.actor, at=now, subject=f"{serial:x}")
+        return changed[0]
+
+    def publish_crl(
+        self,
+        key: SigningKey,
+        *,
+        validity: datetime.timedelta = DEFAULT_CRL_VALIDITY,
+        distribution_point: str | None = None,
+    ) -> PublishedCRL:
+        """Build the issuer's full CRL from the inventory, streaming its entries.
+
+        The CRL number is reserved (and audited) in its own short transaction, so a CRL of
+        a million entries never holds the write lock while it is built; a build that fails
+        leaves a gap in the numbers, which RFC 5280 5.2.3 allows (they must only increase).
+        """
+        if validity <= datetime.timedelta(0):
+            raise InvalidInputError("the CRL validity must be positive")
+        this_update = self.clock.now()
+        next_update = this_update + validity
+        with self.store.write() as session:
+            number = reserve_crl_number(session, self.issuer_key_id, at=this_update)
+        counter = _Counter()
+        with self.store.read() as session:
+            entries = counter.count(iter_revoked(session, self.issuer_key_id))
+            der = build_crl(
+                issuer=self.issuer,
+                key=key,
+                entries=((s, at, reason.flag) for s, at, reason in entries),
+                crl_number=number,
+                this_update=this_update,
+                next_update=next_update,
+                distribution_point=distribution_point,
+            )
+        with self.store.write() as session:
+            append_event(
+                session,
+                kind=AuditKind.CRL,
+                actor=self.actor,
+                at=this_update,
+                subject=f"{number}",
+                details={
+                    "issuer": self.issuer.subject.rfc4514_string(),
+                    "entries": counter.seen,
+                    "next_update": next_update.isoformat(),
+                    "sha256": hashlib.sha256(der).hexdigest(),
+                },
+            )
+        return PublishedCRL(number, der, counter.seen, this_update, next_update)
+
+    def _scoped(self, selector: Selector) -> Selector:
+        if isinstance(selector, BySerial) and selector.issuer_key_id is None:
+            return BySerial(selector.serial, self.issuer_key_id)
+        return selector
+
+    def _require_known(self, session: Session, selector: BySerial) -> CertificateRecord:
+        scoped = BySerial(selector.serial, selector.issuer_key_id or self.issuer_key_id)
+        record = get_by_serial(session, scoped.serial, issuer_key_id=scoped.issuer_key_id)
+        if record is None:
+            raise CertwrightError(
+                f"no certificate with serial {scoped.serial:x} from {self.issuer.subject.rfc4514_string()} "
+                "in the inventory"
+            )
+        return record
+
+
+class _Counter:
+    """Counts the entries of a stream as they pass (the CRL builder consumes it once)."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def count(
+        self, stream: Iterator[tuple[int, datetime.datetime, RevocationReason]]
+    ) -> Iterator[tuple[int, datetime.datetime, RevocationReason]]:
+        for item in stream:
+            self.seen += 1
+            yield item
+
+
+@dataclass
+class StoreStatusSource:
+    """OCSP answers from the inventory: good, revoked (held = revoked, certificateHold), unknown."""
+
+    store: Store
+    issuer_key_id: bytes
+
+    def lookup(self, serial: int) -> CertificateStatus | None:
+        with self.store.read() as session:
+            record = get_by_serial(session, serial, issuer_key_id=self.issuer_key_id)
+        if record is None:
+            return None
+        if record.status is StoredStatus.GOOD:
+            return CertificateStatus.good()
+        assert record.revoked_at is not None and record.revocation_reason is not None
+        return CertificateStatus.revoked(record.revoked_at, record.revocation_reason.flag)
+
+
+def _describe(selector: Selector) -> str:
+    if isinstance(selector, BySerial):
+        return f"serial {selector.serial:x}"
+    if hasattr(selector, "identity"):
+        return f"identity {selector.identity}"
+    return f"public key {selector.public_key_id.hex()}"
+
+
+def _nothing_to_revoke(selector: Selector) -> str:
+    if isinstance(selector, BySerial):
+        return f"certificate {selector.serial:x} is already revoked"
+    return f"no live certificate of {_describe(selector)} to revoke (unknown, expired or already revoked)"

@@ -1,0 +1,254 @@
+"""Opening the inventory: SQLite (embedded default) or PostgreSQL, one code path.
+
+``open_store("ca/inventory.db")`` or ``open_store("sqlite:///ca/inventory.db")`` opens a
+SQLite file; ``open_store("postgresql+psycopg://certwright@db/certwright")`` a PostgreSQL
+database. Either way the schema must be at this certwright's migration head:
+``open_store(..., upgrade=True)`` migrates a new or older database first.
+
+Transactions: :meth:`Store.read` and :meth:`Store.write` each give a Session inside one
+transaction, committed when the block ends and rolled back if it raises. The difference
+matters on SQLite: a write transaction starts with ``BEGIN IMMEDIATE``, taking the
+database's single writer lock up front and waiting for it (``busy_timeout``). A deferred
+``BEGIN`` that reads first and writes later can fail at once with SQLITE_BUSY when another
+writer commits in between, and the busy timeout does not help there. Reads stay deferred,
+so readers never queue behind each other (WAL lets them run beside the writer).
+
+Example::
+
+    >>> from certwright.store import open_store               # doctest: +SKIP
+    >>> store = open_store("inventory.db", upgrade=True)       # doctest: +SKIP
+    >>> with store.write() as session:                         # doctest: +SKIP
+    ...     add_certificate(session, cert, profile="mtls", requested_by="cli")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.orm import Session
+
+from certwright.store.errors import SchemaOutOfDateError, StoreError
+from certwright.store.migrate import current_revision, head_revision, is_known_revision, upgrade_engine
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_BEGIN_OPTION = "certwright_sqlite_begin"
+_PG_DRIVERS = {"postgresql", "postgres", "postgresql+psycopg"}
+_SQLITE_DRIVERS = {"sqlite", "sqlite+pysqlite"}
+# Errors the caller caused (a constraint, bad SQL, a value the column refuses) propagate
+# as they are; everything else a DBAPI raises means the database cannot be used.
+_CALLER_ERRORS = (exc.IntegrityError, exc.ProgrammingError, exc.DataError)
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+class Store:
+    """An open inventory database: an engine and the two kinds of transaction."""
+
+    def __init__(self, engine: Engine, *, display_url: str) -> None:
+        self.engine = engine
+        self.url = display_url  # password hidden: safe to print and log
+        self._writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.engine.dialect.name
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read transaction (deferred on SQLite), rolled back when the block ends."""
+        with self.translate_errors(), Session(self.engine, expire_on_commit=False) as session:
+            yield session  # the Session begins on first use; closing it rolls back
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """One write transaction: committed when the block ends, rolled back if it raises.
+
+        Objects stay usable after the commit (``expire_on_commit=False``), so a use case can
+        return what it stored.
+        """
+        with (
+            self.translate_errors(),
+            Session(self._writer, expire_on_commit=False) as session,
+            session.begin(),
+        ):
+            yield session
+
+    @contextlib.contextmanager
+    def translate_errors(self) -> Iterator[None]:
+        """Turn "cannot reach, open or lock the database" into a :class:`StoreError`."""
+        try:
+            yield
+        except exc.DBAPIError as error:
+            if isinstance(error, _CALLER_ERRORS):  # the statement's fault, not the database's
+                raise
+            raise StoreError(f"inventory database {self.url}: {_reason(error)}") from error
+
+    def revision(self) -> str | None:
+        """The Alembic revision the database is at (None: never migrated)."""
+        with self.translate_errors(), self.engine.connect() as connection:
+            return current_revision(connection)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+
+def open_store(target: str | Path, *, upgrade: bool = False, echo: bool = False) -> Store:
+    """Open the inventory at ``target``: a SQLite path or URL, or a PostgreSQL URL.
+
+    With ``upgrade=True`` a missing SQLite file is created and an empty or older schema is
+    migrated to this certwright's head; without it such a database is refused with a
+    :class:`SchemaOutOfDateError` that says to run ``certwright db upgrade``. Raises
+    :class:`StoreError` when the URL is bad or the database cannot be reached.
+    """
+    url = _parse_target(target)
+    display = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite":
+        _check_sqlite_file(url, display, create=upgrade)
+    store = Store(_create_engine(url, echo=echo), display_url=display)
+    try:
+        _check_schema(store, upgrade=upgrade)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _parse_target(target: str | Path) -> URL:
+    text = str(target)
+    if isinstance(target, Path) or "://" not in text:
+        return URL.create("sqlite", database=str(Path(text).expanduser().absolute()))
+    try:
+        url = sa.make_url(text)
+    except (exc.ArgumentError, ValueError) as error:
+        shown = _URL_PASSWORD.sub(r"\1***@", text)
+        raise StoreError(f"invalid database URL {shown}: {error}") from error
+    if url.drivername in _PG_DRIVERS:
+        return url.set(drivername="postgresql+psycopg")  # the one PostgreSQL driver certwright ships
+    if url.drivername in _SQLITE_DRIVERS:
+        return url
+    raise StoreError(
+        f"unsupported database URL {url.render_as_string(hide_password=True)}: use a SQLite path, "
+        "sqlite:///PATH or postgresql+psycopg://USER@HOST/DATABASE"
+    )
+
+
+def _check_sqlite_file(url: URL, display: str, *, create: bool) -> None:
+    """Refuse a missing file unless asked to create one: a typo must not make a new, empty CA."""
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.is_dir():
+        raise StoreError(f"inventory database {display}: directory {path.parent} does not exist")
+    if not create and not path.exists():
+        raise StoreError(
+            f"no inventory database at {path}: create it with `certwright db upgrade` "
+            "(or open it with upgrade=True)"
+        )
+
+
+def _create_engine(url: URL, *, echo: bool) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        engine = sa.create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return sa.create_engine(
+        url,
+        echo=echo,
+        # Replicas share one server: a small pool per process, checked before use so a
+        # restarted server or a dropped idle connection costs a reconnect, not a failed request.
+        pool_size=5,
+        max_overflow=10,
+        pool_timeout=30,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 10, "application_name": "certwright"},
+    )
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy (through _sqlite_on_begin) emit BEGIN, instead of the sqlite3 module's
+    # own guesswork, which starts transactions late and cannot do BEGIN IMMEDIATE.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # WAL: readers do not block the writer nor the writer readers; NORMAL sync is
+        # durable against a process crash (a power cut may lose the last commits).
+        _enable_wal(cursor)
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _enable_wal(cursor: sqlite3.Cursor) -> None:
+    """Switch the file to WAL once; it stays so (the mode is stored in the file).
+
+    The switch needs the database to itself and SQLite does not apply the busy timeout to
+    it, so two processes creating the file at once retry here instead of failing.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() in ("wal", "memory"):
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _sqlite_on_begin(connection: sa.Connection) -> None:
+    mode = connection.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _check_schema(store: Store, *, upgrade: bool) -> None:
+    current = store.revision()
+    head = head_revision()
+    if current == head:
+        return
+    if current is not None and not is_known_revision(current):
+        # Never "upgrade" (or run) against a schema a later certwright wrote.
+        raise SchemaOutOfDateError(
+            f"inventory database {store.url} is at schema revision {current}, which this "
+            "certwright does not know: it is newer; use the certwright that migrated it"
+        )
+    if upgrade:
+        with store.translate_errors():
+            upgrade_engine(store.engine)
+        return
+    if current is None:
+        problem = "has no certwright schema yet"
+    else:
+        problem = f"is at schema revision {current}, this certwright needs {head}"
+    raise SchemaOutOfDateError(f"inventory database {store.url} {problem}: run `certwright db upgrade`")
+
+
+def _reason(error: exc.DBAPIError) -> str:
+    """The driver's one-line reason, without SQLAlchemy's statement dump."""
+    text = " ".join(str(error.orig).split()) if error.orig is not None else str(error)
+    return text or type(error.orig).__name__
