@@ -103,7 +103,7 @@ def ca_init(
         crl_urls=crl_urls,
         ocsp_urls=ocsp_urls,
         inventory_url=db_url,
-        prepare=lambda staging, root, intermediate: _create_inventory(
+        prepare=lambda staging, root, intermediate: create_inventory(
             db_url or str(staging / INVENTORY), root, intermediate, extension_oid
         ),
     )
@@ -144,7 +144,7 @@ def ca_show(directory: Path, as_json: bool) -> None:
     print_certificate(describe_certificate(opened.intermediate, extension_oid=opened.settings.extension_oid))
 
 
-def _create_inventory(
+def create_inventory(
     target: str, root: x509.Certificate, intermediate: x509.Certificate, extension_oid: str
 ) -> None:
     """Create (or migrate) the inventory and record the CA's own two certificates in it."""

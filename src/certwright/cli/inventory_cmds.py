@@ -92,7 +92,12 @@ def _print_rows(pages: Iterator[Page], oid: str, as_json: bool) -> None:
     from rich.table import Table
 
     console = Console(highlight=False, soft_wrap=True)
-    table = Table("serial", "identity / subject", "status", "not after (UTC)", "profile", box=None)
+    table = Table(box=None)
+    # Serials and identities are what people copy: wrap them, never cut them with an ellipsis.
+    table.add_column("serial", overflow="fold")
+    table.add_column("identity / subject", overflow="fold")
+    for title in ("status", "not after (UTC)", "profile"):
+        table.add_column(title, no_wrap=True)
     cursor = None
     count = 0
     for page in pages:

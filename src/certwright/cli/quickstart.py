@@ -7,14 +7,17 @@ import secrets
 from pathlib import Path
 
 import click
+from cryptography.hazmat.primitives import serialization
 
-from certwright.cadir import CONFIG, init_ca, open_ca
+from certwright.cadir import CONFIG, INVENTORY, init_ca, open_ca
+from certwright.cli.ca_cmds import create_inventory
 from certwright.cli.cert_cmds import write_all
 from certwright.cli.common import PASSPHRASE_ENV, say
+from certwright.cli.inventory import open_inventory
 from certwright.files import write_secret
 from certwright.verify.chain import Purpose
 from certwright.verify.identity import verify_identity
-from certwright.x509.authz import Authorization
+from certwright.x509.authz import DEFAULT_OID, Authorization
 from certwright.x509.identity import SpiffeId
 from certwright.x509.keys import generate_key, private_key_pem
 from certwright.x509.names import SubjectAltNames
@@ -46,23 +49,30 @@ def quickstart(directory: Path, trust_domain: str) -> None:
         if not env:
             # A demo convenience: a real CA's passphrase lives in a secret store, not beside it.
             write_secret(passphrase_path, passphrase + b"\n", overwrite=True)
-        opened = init_ca(ca_dir, name="Quickstart", trust_domain=trust_domain, passphrase=passphrase)
+        opened = init_ca(
+            ca_dir,
+            name="Quickstart",
+            trust_domain=trust_domain,
+            passphrase=passphrase,
+            prepare=lambda staging, root, intermediate: create_inventory(
+                str(staging / INVENTORY), root, intermediate, DEFAULT_OID
+            ),
+        )
         click.echo(f"Created a root CA and a name-constrained issuing CA in {ca_dir}")
     authority = opened.require_authority()
     identity = SpiffeId.parse(f"spiffe://{opened.settings.trust_domain}/quickstart/web")
     key = generate_key()
-    cert = authority.issue(
-        key.public_key(),
-        profile=opened.profile("mtls"),
-        identity=identity,
-        sans=SubjectAltNames.create(
-            dns=[f"web.{opened.settings.dns_zones[0]}"] if opened.settings.dns_zones else [],
-            ips=["127.0.0.1"],
-        ),
-        authorization=Authorization.create(["reader"], {"env": "dev"}),
-    )
-    from cryptography.hazmat.primitives import serialization
-
+    with open_inventory(None, None, ca=opened) as inventory:
+        cert = inventory.certificates().issue(  # recorded in the inventory, with an audit event
+            key.public_key(),
+            profile=opened.profile("mtls"),
+            identity=identity,
+            sans=SubjectAltNames.create(
+                dns=[f"web.{opened.settings.dns_zones[0]}"] if opened.settings.dns_zones else [],
+                ips=["127.0.0.1"],
+            ),
+            authorization=Authorization.create(["reader"], {"env": "dev"}),
+        )
     pem = cert.public_bytes(serialization.Encoding.PEM)
     chain = pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in authority.chain_for_leaf())
     write_all(
@@ -88,6 +98,7 @@ def quickstart(directory: Path, trust_domain: str) -> None:
     click.echo("\nNext:")
     click.echo(f"  certwright inspect {directory}/web.pem")
     click.echo(f"  certwright verify --bundle {ca_dir}/bundle.pem --client {directory}/web.chain.pem")
+    click.echo(f"  certwright list --ca {ca_dir}")
     click.echo(f'  export {PASSPHRASE_ENV}="$(cat {passphrase_path})"')
     click.echo(
         f"  certwright issue --ca {ca_dir} --profile mtls --identity "
