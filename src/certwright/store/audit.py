@@ -66,10 +66,15 @@ def canonical_json(value: Any) -> str:
         raise InvalidInputError(f"audit details must be plain JSON values: {exc}") from exc
 
 
-def canonical_time(at: datetime.datetime) -> str:
-    if at.tzinfo is None:
+def utc(at: datetime.datetime) -> datetime.datetime:
+    """``at`` in UTC; a naive datetime is refused (``astimezone`` would take it as local time)."""
+    if at.tzinfo is None or at.utcoffset() is None:
         raise InvalidInputError(f"naive datetime {at!r}: audit times are timezone-aware UTC")
-    return at.astimezone(datetime.UTC).isoformat(timespec="microseconds")
+    return at.astimezone(datetime.UTC)
+
+
+def canonical_time(at: datetime.datetime) -> str:
+    return utc(at).isoformat(timespec="microseconds")
 
 
 def event_hash(
@@ -107,7 +112,7 @@ def append_event(
     details: Mapping[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event to the chain, inside the caller's (write) transaction."""
-    at = at.astimezone(datetime.UTC)  # both databases keep microseconds: the hash survives a reload
+    at = utc(at)  # both databases keep microseconds: the hash survives a reload
     details_json = canonical_json(dict(details or {}))
     head_seq, head_hash = session.execute(
         sa.select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
@@ -163,20 +168,16 @@ def verify_chain(
     head_seq, head_hash = audit_head(session)
     previous_seq, previous_hash, count = 0, GENESIS_HASH, 0
     anchored = expected_head is None
-    try:
-        for row in _rows(session, batch_size):
-            count += 1
-            problem = _check_row(row, previous_seq, previous_hash)
-            if problem is None and expected_head is not None and row.seq == expected_head[0]:
-                anchored = True
-                if row.hash != expected_head[1]:
-                    problem = row.seq, "differs from the anchored head: the log was rewritten"
-            if problem is not None:
-                return AuditReport(count, head_seq, *problem)
-            previous_seq, previous_hash = row.seq, row.hash
-    except (ValueError, TypeError, LookupError) as exc:  # e.g. a time edited into garbage
-        why = f"unreadable row after event {previous_seq}: {exc}"
-        return AuditReport(count, head_seq, previous_seq + 1, why)
+    for row in _rows(session, batch_size):
+        count += 1
+        problem = _check_row(row, previous_seq, previous_hash)
+        if problem is None and expected_head is not None and row.seq == expected_head[0]:
+            anchored = True
+            if row.hash != expected_head[1]:
+                problem = row.seq, "differs from the anchored head: the log was rewritten"
+        if problem is not None:
+            return AuditReport(count, head_seq, *problem)
+        previous_seq, previous_hash = row.seq, row.hash
     if (previous_seq, previous_hash) != (head_seq, head_hash):
         return AuditReport(count, head_seq, *_head_problem(previous_seq, head_seq))
     if not anchored:
@@ -196,12 +197,13 @@ def _head_problem(last_seq: int, head_seq: int) -> tuple[int, str]:
 
 
 def _rows(session: Session, batch_size: int) -> Iterator[Any]:
-    # Columns, not ORM objects: no identity map to grow, and a tampered kind is read as the
-    # text it is (the enum type would refuse to load it).
+    # Columns, not ORM objects: no identity map to grow. Kind and time are read raw (no
+    # enum or datetime conversion), so a row edited into nonsense is reported as that row,
+    # not raised from the middle of a batch.
     query = sa.select(
         AuditEvent.seq,
-        AuditEvent.at,
-        sa.type_coerce(AuditEvent.kind, sa.String()).label("kind"),
+        sa.type_coerce(AuditEvent.at, sa.types.NullType()).label("at"),
+        sa.type_coerce(AuditEvent.kind, sa.types.NullType()).label("kind"),
         AuditEvent.actor,
         AuditEvent.subject,
         AuditEvent.details,
@@ -215,19 +217,31 @@ def _rows(session: Session, batch_size: int) -> Iterator[Any]:
         result.close()
 
 
+def _stored_time(value: object) -> datetime.datetime:
+    """A raw time column: ``timestamptz`` on PostgreSQL, SQLAlchemy's UTC text on SQLite."""
+    if isinstance(value, datetime.datetime):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"time {value!r} is not a time")
+    return datetime.datetime.fromisoformat(value).replace(tzinfo=datetime.UTC)
+
+
 def _check_row(row: Any, previous_seq: int, previous_hash: str) -> tuple[int, str] | None:
     if row.seq != previous_seq + 1:
         missing = previous_seq + 1
         return missing, f"event {missing} is missing (deleted): the log goes from {previous_seq} to {row.seq}"
-    expected = event_hash(
-        seq=row.seq,
-        at=row.at,
-        kind=row.kind,
-        actor=row.actor,
-        subject=row.subject,
-        details=row.details,
-        prev_hash=row.prev_hash,
-    )
+    try:
+        expected = event_hash(
+            seq=row.seq,
+            at=_stored_time(row.at),
+            kind=row.kind,
+            actor=row.actor,
+            subject=row.subject,
+            details=row.details,
+            prev_hash=row.prev_hash,
+        )
+    except (ValueError, TypeError) as exc:  # SQLite keeps whatever text or blob was written
+        return row.seq, f"it cannot be read back ({exc}): the row was edited"
     if row.hash != expected:
         return row.seq, "its content does not match its hash: the row was edited or moved"
     if row.prev_hash != previous_hash:

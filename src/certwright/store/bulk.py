@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
-from certwright.store.audit import canonical_json, event_hash
+from certwright.store.audit import canonical_json, event_hash, utc
 from certwright.store.errors import DuplicateCertificateError
 from certwright.store.models import (
     AuditEvent,
@@ -94,7 +94,7 @@ def append_events(session: Session, events: Sequence[EventSpec]) -> None:
     rows = []
     for event in events:
         seq += 1
-        at = event.at.astimezone(datetime.UTC)
+        at = utc(event.at)  # refuses a naive time, as append_event does
         details = canonical_json(dict(event.details))
         digest = event_hash(
             seq=seq,

@@ -5,10 +5,12 @@ found through the package (``certwright.store:migrations``), not the working dir
 so an installed wheel migrates its database the same way a checkout does. One set of
 migrations serves SQLite and PostgreSQL.
 
-Developers write a new revision with Alembic's CLI pointed at the same location::
+Developers write a new revision with Alembic's CLI and the ini file beside the scripts::
 
-    alembic -x url=sqlite:///dev.db -c /dev/null revision -m "what changes" \\
-        --head base  # see docs/store.md for the exact invocation
+    alembic -c src/certwright/store/migrations/alembic.ini -x url=sqlite:///dev.db \\
+        revision --autogenerate -m "what changes"
+
+(docs/store.md says how to make the result portable).
 """
 
 from __future__ import annotations

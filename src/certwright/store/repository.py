@@ -252,11 +252,17 @@ def list_certificates(
     if limit < 1:
         raise InvalidInputError("page size must be at least 1")
     query = sa.select(CertificateRecord).where(*_filter_clauses(where, now))
-    accept: Callable[[CertificateRecord], bool] | None = None
-    if where.identity_glob is not None:
-        glob = Glob.compile(where.identity_glob, sep="/")
-        accept = lambda record: record.identity is not None and glob.matches(record.identity)  # noqa: E731
+    accept = None if where.identity_glob is None else _glob_filter(where.identity_glob)
     return _keyset_page(session, query, limit=limit, after=after, accept=accept)
+
+
+def _glob_filter(pattern: str) -> Callable[[CertificateRecord], bool]:
+    glob = Glob.compile(pattern, sep="/")
+
+    def accept(record: CertificateRecord) -> bool:
+        return record.identity is not None and glob.matches(record.identity)
+
+    return accept
 
 
 def expiring(

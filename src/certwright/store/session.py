@@ -88,8 +88,8 @@ class Store:
         try:
             yield
         except exc.DBAPIError as error:
-            if isinstance(error, _CALLER_ERRORS):  # the statement's fault, not the database's
-                raise
+            if isinstance(error, _CALLER_ERRORS) and not _refused_access(error):
+                raise  # the statement's fault, not the database's
             raise StoreError(f"inventory database {self.url}: {_reason(error)}") from error
 
     def revision(self) -> str | None:
@@ -246,6 +246,15 @@ def _check_schema(store: Store, *, upgrade: bool) -> None:
     else:
         problem = f"is at schema revision {current}, this certwright needs {head}"
     raise SchemaOutOfDateError(f"inventory database {store.url} {problem}: run `certwright db upgrade`")
+
+
+def _refused_access(error: exc.DBAPIError) -> bool:
+    """Permission denied (SQLSTATE 42501): the account may not write here, whatever the statement.
+
+    psycopg files it under ProgrammingError, like a typo in SQL; it is a database problem
+    (a read-only role, a revoked grant) to report, not a bug to raise.
+    """
+    return getattr(error.orig, "sqlstate", None) == "42501"
 
 
 def _reason(error: exc.DBAPIError) -> str:

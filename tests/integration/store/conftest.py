@@ -14,6 +14,7 @@ Helpers that tests import live in ``store_helpers.py``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -64,6 +65,13 @@ def store(database_url: str) -> Iterator[Store]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    """For SQLite-only tests: an inventory file migrated to head."""
+    with open_store(tmp_path / "inventory.db", upgrade=True) as opened:
+        yield opened
 
 
 @pytest.fixture

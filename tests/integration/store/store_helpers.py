@@ -1,7 +1,8 @@
 """Helpers shared by the store tests (fixtures are in conftest.py beside this file).
 
-Importable as ``store_helpers`` by the test modules, the conftest and the worker script,
-since pytest puts this directory on ``sys.path`` for the tests here.
+Importable as ``store_helpers`` by the test modules and the conftest, since pytest puts
+this directory on ``sys.path`` for the tests here. (store_worker.py runs outside pytest
+and imports only certwright.)
 """
 
 from __future__ import annotations
