@@ -59,9 +59,9 @@ class Inventory:
         return CertificateService(store=self.store, authority=authority, extension_oid=oid, actor=actor())
 
     def revocations(self) -> RevocationService:
-        if self.ca is None:
-            raise Refused("this command needs --ca DIR: revocation is per issuing CA")
-        return RevocationService(store=self.store, issuer=self.ca.intermediate, actor=actor())
+        """Scoped to the CA's issuing certificate with --ca; across the inventory with --db alone."""
+        issuer = self.ca.intermediate if self.ca is not None else None
+        return RevocationService(store=self.store, issuer=issuer, actor=actor())
 
     def require_ca(self) -> CADirectory:
         if self.ca is None:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import ocsp
 
 from certwright.cli.common import (
     CertwrightGroup,
@@ -23,8 +24,9 @@ from certwright.cli.inventory import inventory_options, open_inventory, parse_se
 from certwright.cli.responder import load_responder
 from certwright.durations import parse_duration
 from certwright.files import read_certificates, write_file
-from certwright.revocation.ocsp import OCSPResponder
+from certwright.revocation.ocsp import MALFORMED, OCSPResponder
 from certwright.service import StoreStatusSource
+from certwright.service.certificates import ca_key_id
 from certwright.store import (
     ByIdentity,
     ByPublicKey,
@@ -284,6 +286,7 @@ def crl_cmd(
 ) -> None:
     """Publish the issuing CA's full CRL (streamed from the inventory) to a file."""
     lifetime = parse_duration(validity)
+    _refuse_existing(out, force)  # before a CRL number is taken and audited
     with open_inventory(ca_dir, db_url) as inventory:
         ca = inventory.require_ca().unlock(read_passphrase(passphrase_file))
         inventory.ca = ca
@@ -331,7 +334,14 @@ def ocsp_cmd(
     passphrase_file: Path | None,
 ) -> None:
     """Answer one OCSP request from the inventory (air-gapped use, tests)."""
+    _refuse_existing(out, force)  # before a responder certificate may be issued and recorded
     request = request_file.read_bytes()
+    if not _parses_as_ocsp_request(request):
+        # Answered before the responder is loaded: a corrupt request must not issue (and
+        # record) a responder certificate. malformedRequest responses are unsigned anyway.
+        write_file(out, MALFORMED.der, overwrite=force)
+        click.echo(f"wrote {out}: malformed_request")
+        raise SystemExit(1)
     with open_inventory(ca_dir, db_url) as inventory:
         passphrase = read_passphrase(passphrase_file)
         ca = inventory.require_ca().unlock(passphrase)
@@ -341,7 +351,7 @@ def ocsp_cmd(
             issuer=ca.intermediate,
             responder=responder_cert,
             responder_key=responder_key,
-            source=StoreStatusSource(inventory.store, inventory.revocations().issuer_key_id),
+            source=StoreStatusSource(inventory.store, ca_key_id(ca.intermediate)),
             clock=inventory.certificates().clock,
         )
         answer = responder.answer(request)
@@ -421,6 +431,19 @@ def db_upgrade(ca_dir: Path | None, db_url: str | None) -> None:
         click.echo(f"{store.url} is at revision {store.revision()}")
     finally:
         store.close()
+
+
+def _refuse_existing(out: Path, force: bool) -> None:
+    if not force and out.exists():
+        raise FileExistsError(f"{out} already exists; refusing to overwrite it")
+
+
+def _parses_as_ocsp_request(data: bytes) -> bool:
+    try:
+        ocsp.load_der_ocsp_request(data)
+    except (ValueError, TypeError, NotImplementedError, x509.DuplicateExtension):
+        return False  # NotImplementedError: several requests in one (the responder refuses those too)
+    return True
 
 
 def _spki(path: Path) -> bytes:

@@ -61,13 +61,13 @@ class RevocationService:
     """Revoke, unrevoke, and publish CRLs for the certificates of one issuing CA."""
 
     store: Store
-    issuer: x509.Certificate
+    issuer: x509.Certificate | None = None  # None: serials are unique enough (--db without --ca)
     clock: Clock = field(default_factory=SystemClock)
     actor: str = "certwright"
 
     @property
-    def issuer_key_id(self) -> bytes:
-        return ca_key_id(self.issuer)
+    def issuer_key_id(self) -> bytes | None:
+        return ca_key_id(self.issuer) if self.issuer is not None else None
 
     def revoke(self, selector: Selector, reason: RevocationReason) -> list[CertificateRef]:
         """Revoke what ``selector`` names (one transaction, one audit event per certificate).
@@ -96,9 +96,9 @@ class RevocationService:
     def unrevoke(self, serial: int) -> CertificateRef:
         """Lift a certificateHold (RFC 5280 5.3.1); any other revocation is final."""
         now = self.clock.now()
-        selector = BySerial(serial, self.issuer_key_id)
         with self.store.write() as session:
-            record = self._require_known(session, selector)
+            record = self._require_known(session, BySerial(serial, self.issuer_key_id))
+            selector = BySerial(serial, record.issuer_key_id)
             changed = unrevoke(session, selector, at=now)
             if not changed:
                 state = record.status.value
@@ -123,15 +123,18 @@ class RevocationService:
         """
         if validity <= datetime.timedelta(0):
             raise InvalidInputError("the CRL validity must be positive")
+        issuer, issuer_key_id = self.issuer, self.issuer_key_id
+        if issuer is None or issuer_key_id is None:
+            raise CertwrightError("a CRL is published by an issuing CA: open the CA directory")
         this_update = self.clock.now()
         next_update = this_update + validity
         with self.store.write() as session:
-            number = reserve_crl_number(session, self.issuer_key_id, at=this_update)
+            number = reserve_crl_number(session, issuer_key_id, at=this_update)
         counter = _Counter()
         with self.store.read() as session:
-            entries = counter.count(iter_revoked(session, self.issuer_key_id))
+            entries = counter.count(iter_revoked(session, issuer_key_id))
             der = build_crl(
-                issuer=self.issuer,
+                issuer=issuer,
                 key=key,
                 entries=((s, at, reason.flag) for s, at, reason in entries),
                 crl_number=number,
@@ -147,7 +150,7 @@ class RevocationService:
                 at=this_update,
                 subject=f"{number}",
                 details={
-                    "issuer": self.issuer.subject.rfc4514_string(),
+                    "issuer": issuer.subject.rfc4514_string(),
                     "entries": counter.seen,
                     "next_update": next_update.isoformat(),
                     "sha256": hashlib.sha256(der).hexdigest(),
@@ -164,10 +167,8 @@ class RevocationService:
         scoped = BySerial(selector.serial, selector.issuer_key_id or self.issuer_key_id)
         record = get_by_serial(session, scoped.serial, issuer_key_id=scoped.issuer_key_id)
         if record is None:
-            raise CertwrightError(
-                f"no certificate with serial {scoped.serial:x} from {self.issuer.subject.rfc4514_string()} "
-                "in the inventory"
-            )
+            source = f" from {self.issuer.subject.rfc4514_string()}" if self.issuer is not None else ""
+            raise CertwrightError(f"no certificate with serial {scoped.serial:x}{source} in the inventory")
         return record
 
 
