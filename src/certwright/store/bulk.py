@@ -84,7 +84,7 @@ def add_certificates(session: Session, rows: Sequence[Row]) -> None:
     for start in range(0, len(fingerprints), _LOOKUP_CHUNK):
         chunk = fingerprints[start : start + _LOOKUP_CHUNK]
         query = sa.select(table.c.fingerprint_sha256, table.c.id).where(table.c.fingerprint_sha256.in_(chunk))
-        found.update((fingerprint, ident) for fingerprint, ident in session.execute(query).tuples())
+        found.update((fingerprint, ident) for fingerprint, ident in session.execute(query))
     ids = [found[fingerprint] for fingerprint in fingerprints]
     names = [
         {"certificate_id": ident, "kind": kind, "value": value}
