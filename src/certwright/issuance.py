@@ -31,13 +31,12 @@ import functools
 import hashlib
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
 from certwright.clock import Clock, SystemClock
@@ -55,6 +54,7 @@ from certwright.x509.profiles import (
     Profile,
     Request,
 )
+from certwright.x509.signing import signer_for
 
 # RFC 5280 4.1.2.2: at most 20 octets, positive. 127 random bits (CA/B asks for >= 64).
 SERIAL_BITS = 127
@@ -93,37 +93,6 @@ def random_serial() -> int:
         serial = secrets.randbits(SERIAL_BITS)
         if serial:
             return serial
-
-
-@dataclass(frozen=True)
-class _Signer:
-    """How one key signs: the AlgorithmIdentifier to announce and the signing call."""
-
-    algorithm_der: bytes
-    sign: Callable[[bytes], bytes]
-
-
-def _signer(key: SigningKey) -> _Signer:
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return _Signer(der.sequence(der.oid("1.3.101.112")), key.sign)  # RFC 8410 3
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        sha384 = key.curve.key_size > 256
-        algorithm = ec.ECDSA(hashes.SHA384() if sha384 else hashes.SHA256())
-        oid = "1.2.840.10045.4.3.3" if sha384 else "1.2.840.10045.4.3.2"  # RFC 5758 3.2
-
-        def sign_ec(data: bytes) -> bytes:
-            return key.sign(data, algorithm)
-
-        return _Signer(der.sequence(der.oid(oid)), sign_ec)
-    if isinstance(key, rsa.RSAPrivateKey):
-        pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
-
-        def sign_rsa(data: bytes) -> bytes:
-            return key.sign(data, pkcs1, sha256)
-
-        # RFC 4055 5: the parameters of sha256WithRSAEncryption are NULL.
-        return _Signer(der.sequence(der.oid("1.2.840.113549.1.1.11"), b"\x05\x00"), sign_rsa)
-    raise InvalidInputError(f"cannot sign with a {type(key).__name__}")
 
 
 class _SubjectKey(NamedTuple):
@@ -361,7 +330,7 @@ class Authority:
         self.settings = settings
         self.chain = chain
         self.clock: Clock = clock or SystemClock()
-        self._signer = _signer(key)
+        self._signer = signer_for(key)
         self._issuer_der = certificate.subject.public_bytes()
         self._aki = der.extension(
             _OID[ExtensionOID.AUTHORITY_KEY_IDENTIFIER],

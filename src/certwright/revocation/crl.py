@@ -59,10 +59,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from certwright.errors import InvalidInputError, InvalidKeyError
-from certwright.revocation._signer import signer_for
 from certwright.revocation.entries import DELTA_ONLY_REASONS, RevokedEntry, require_aware
 from certwright.x509 import der
 from certwright.x509.keys import SigningKey
+from certwright.x509.signing import signer_for
 
 # RFC 5280 4.1.2.2 and 5.2.3: serials and CRL numbers are at most 20 octets; like
 # cryptography, certwright takes 159 bits as the bound (a positive 20-octet INTEGER).

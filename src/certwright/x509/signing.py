@@ -1,11 +1,8 @@
-"""How an issuer key signs a CRL: the AlgorithmIdentifier to announce and the signing call.
+"""How a CA key signs certificates and CRLs: the AlgorithmIdentifier it announces and the call.
 
-This repeats the few lines of ``certwright.issuance._signer`` on purpose: the revocation
-package sits in the core layer and may import only ``certwright.x509``, ``errors`` and
-``clock`` (the import-linter contract), and ``_signer`` is private to issuance. The two
-must agree, which the CRL tests prove by comparing with ``cryptography``'s builder (the
-same algorithm choices: ECDSA with SHA-256, or SHA-384 on P-384; RSA PKCS#1 v1.5 with
-SHA-256; pure Ed25519). Moving one shared copy into ``certwright.x509`` is the cleaner end.
+One place for the algorithm choices (ECDSA with SHA-256, or SHA-384 on P-384; RSA PKCS#1
+v1.5 with SHA-256; pure Ed25519), shared by issuance and the CRL builder. The tests of both
+prove the choices equal ``cryptography``'s builders byte for byte.
 """
 
 from __future__ import annotations
