@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from cryptography import x509
@@ -43,6 +44,7 @@ from certwright.store import (
 from certwright.x509.identity import SpiffeId
 from certwright.x509.revocation_reason import parse_reason
 
+_T = TypeVar("_T")
 STATUSES = ("good", "revoked", "on_hold", "expired")
 
 
@@ -371,8 +373,11 @@ def ocsp_cmd(
 def import_cmd(files: tuple[Path, ...], ca_dir: Path | None, db_url: str | None, as_json: bool) -> None:
     """Bring existing PEM certificates into the inventory (all or nothing; duplicates skipped)."""
     certificates = [cert for path in files for cert in read_certificates(path)]
-    with open_inventory(ca_dir, db_url) as inventory:
-        report = inventory.certificates().import_certificates(certificates)
+    with (
+        open_inventory(ca_dir, db_url) as inventory,
+        _progress("importing", len(certificates), as_json) as tick,
+    ):
+        report = inventory.certificates().import_certificates(tick(c) for c in certificates)
     if as_json:
         emit_json(
             {
@@ -382,6 +387,24 @@ def import_cmd(files: tuple[Path, ...], ca_dir: Path | None, db_url: str | None,
         )
     else:
         click.echo(f"imported {len(report.imported)}, already present {len(report.already_present)}")
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int, quiet: bool) -> Iterator[Callable[[_T], _T]]:
+    """A progress bar on stderr for a person at a terminal; ``tick(item)`` counts one item."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=quiet or not console.is_terminal) as bar:
+        task = bar.add_task(label, total=total)
+
+        def tick(item: _T) -> _T:
+            bar.advance(task)
+            return item
+
+        yield tick
 
 
 @click.group("audit", cls=CertwrightGroup)
