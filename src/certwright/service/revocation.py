@@ -34,6 +34,7 @@ from certwright.store import (
     iter_revoked,
     mark_revoked,
     reserve_crl_number,
+    status_by_serial,
     unrevoke,
 )
 from certwright.store import (
@@ -195,13 +196,13 @@ class StoreStatusSource:
 
     def lookup(self, serial: int) -> CertificateStatus | None:
         with self.store.read() as session:
-            record = get_by_serial(session, serial, issuer_key_id=self.issuer_key_id)
-        if record is None:
+            row = status_by_serial(session, serial, issuer_key_id=self.issuer_key_id)
+        if row is None:
             return None
-        if record.status is StoredStatus.GOOD:
+        if row.status is StoredStatus.GOOD:
             return CertificateStatus.good()
-        assert record.revoked_at is not None and record.revocation_reason is not None
-        return CertificateStatus.revoked(record.revoked_at, record.revocation_reason.flag)
+        assert row.revoked_at is not None and row.reason is not None  # CHECK constraints
+        return CertificateStatus.revoked(row.revoked_at, row.reason.flag)
 
 
 def _describe(selector: Selector) -> str:

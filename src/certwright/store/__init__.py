@@ -48,6 +48,7 @@ from certwright.store.repository import (
     list_certificates,
     mark_revoked,
     reserve_crl_number,
+    status_by_serial,
     unrevoke,
 )
 from certwright.store.session import Store, open_store
@@ -93,6 +94,7 @@ __all__ = [
     "public_key_id",
     "reserve_crl_number",
     "search_name",
+    "status_by_serial",
     "unrevoke",
     "upgrade",
     "verify_chain",
