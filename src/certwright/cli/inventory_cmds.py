@@ -158,11 +158,7 @@ def list_cmd(
 ) -> None:
     """List the inventory (newest expiry last), filtered, a page at a time."""
     where = _filter(identity, san, status, profile, issuer, within)
-    with open_inventory(ca_dir, db_url) as inventory:
-        service = inventory.certificates()
-        start = Cursor.decode(cursor) if cursor else None
-        pages = _pages(lambda after: service.list(where, limit=limit, after=after), start, every)
-        _print_rows(pages, service.extension_oid, as_json)
+    _show_listing(where, ca_dir, db_url, limit=limit, cursor=cursor, every=every, as_json=as_json)
 
 
 @click.command("expiring")
@@ -179,6 +175,20 @@ def expiring_cmd(
 ) -> None:
     """Certificates still valid that expire within the window, soonest first (revoked ones left out)."""
     where = _filter(None, None, None, None, None, within)
+    _show_listing(where, ca_dir, db_url, limit=limit, cursor=cursor, every=every, as_json=as_json)
+
+
+def _show_listing(
+    where: CertificateFilter,
+    ca_dir: Path | None,
+    db_url: str | None,
+    *,
+    limit: int,
+    cursor: str | None,
+    every: bool,
+    as_json: bool,
+) -> None:
+    """Print the pages of certificates matching ``where`` (``list`` and ``expiring``)."""
     with open_inventory(ca_dir, db_url) as inventory:
         service = inventory.certificates()
         start = Cursor.decode(cursor) if cursor else None
