@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import itertools
 import json
 import os
@@ -22,13 +21,11 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from cryptography import x509
@@ -40,9 +37,9 @@ from certwright.service import CertificateService, RevocationService
 from certwright.store import open_store, verify_chain
 from certwright.x509.identity import SpiffeId
 from certwright.x509.keys import generate_key
+from support.postgres import postgres_database
 
 TESTS = Path(__file__).resolve().parent.parent
-PG_ADMIN = os.environ.get("CERTWRIGHT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 PASSPHRASE_ENV = "CERTWRIGHT_CA_PASSPHRASE"
 N = 120  # certificates per issuing worker
 
@@ -142,33 +139,6 @@ def run_together(workers: list[Worker], *, timeout: float = 120) -> dict[str, li
 PASSPHRASE = "concurrency test passphrase"
 
 
-@functools.cache
-def postgres_problem() -> str | None:
-    try:
-        with psycopg.connect(PG_ADMIN, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {PG_ADMIN} is not reachable: {' '.join(str(exc).split())}"
-
-
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    from support.env import require
-
-    problem = postgres_problem()
-    require(problem is None, problem or "")
-    name = f"certwright_conc_{uuid.uuid4().hex[:12]}"
-    info = psycopg.conninfo.conninfo_to_dict(PG_ADMIN)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        user, host, port = info.get("user", "postgres"), info.get("host", "127.0.0.1"), info.get("port", 5432)
-        yield f"postgresql+psycopg://{user}@{host}:{port}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @dataclass(frozen=True)
 class Site:
     backend: str
@@ -222,7 +192,7 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         db: tuple[str, ...] = ()
         url = f"sqlite:///{ca / 'inventory.db'}"
         if request.param == "postgresql":
-            url = stack.enter_context(postgres_database())
+            url = stack.enter_context(postgres_database("certwright_conc"))
             cli("db", "upgrade", "--db", url)
             db = ("--db", url)
         cli("ca", "init", "--dir", ca, "--name", "Concurrency", "--trust-domain", "example.org", *db)

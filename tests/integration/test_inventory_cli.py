@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import json
-import os
 import shutil
 import sqlite3
 import uuid
@@ -39,9 +37,8 @@ from sqlalchemy.pool import NullPool
 from certwright.files import read_private_key
 from support.certs import write_csr
 from support.cli import PASSPHRASE, TRUST_DOMAIN, ZONE, Outcome, run_cli, run_exe, tree
-from support.env import require
+from support.postgres import PG_ADMIN, pg_url, postgres_database
 
-PG_ADMIN = os.environ.get("CERTWRIGHT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 CRL_URL = "http://crl.example.org/issuing.crl"
 NS = f"spiffe://{TRUST_DOMAIN}/ns"
 NOW = datetime.datetime.now(datetime.UTC)
@@ -53,36 +50,6 @@ POSTGRESQL_ONLY = pytest.mark.parametrize("site", ["postgresql"], indirect=True)
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------
-
-
-@functools.cache
-def postgres_problem() -> str | None:
-    try:
-        with psycopg.connect(PG_ADMIN, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {PG_ADMIN} is not reachable: {' '.join(str(exc).split())}"
-
-
-def pg_url(database: str, user: str | None = None) -> str:
-    info = psycopg.conninfo.conninfo_to_dict(PG_ADMIN)
-    who = user or info.get("user", "postgres")
-    return f"postgresql+psycopg://{who}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{database}"
-
-
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A new, empty database (its SQLAlchemy URL), dropped on exit; skips locally without a server."""
-    problem = postgres_problem()
-    require(problem is None, problem or "")
-    name = f"certwright_inv_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield pg_url(name)
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # -- the site: a CA and its inventory -----------------------------------------------------
@@ -216,7 +183,7 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         ca = create_ca(base / "ca")
         yield Site("sqlite", ca, f"sqlite:///{ca / 'inventory.db'}", base)
         return
-    with postgres_database() as url:
+    with postgres_database("certwright_inv") as url:
         upgraded = run_cli("db", "upgrade", "--db", url)
         assert upgraded.code == 0, upgraded
         assert "is at revision" in upgraded.stdout

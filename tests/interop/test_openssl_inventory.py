@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
-import os
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,37 +28,11 @@ from certwright.cadir import open_ca
 from certwright.x509.identity import SpiffeId
 from certwright.x509.keys import generate_key
 from support.cli import PASSPHRASE, TRUST_DOMAIN, run_cli
-from support.env import require
 from support.interop import run
+from support.postgres import postgres_database
 
-PG_ADMIN = os.environ.get("CERTWRIGHT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 CRL_URL = "http://crl.example.org/interop-inventory.crl"
 NS = f"spiffe://{TRUST_DOMAIN}/ns/interop"
-
-
-@functools.cache
-def postgres_problem() -> str | None:
-    try:
-        with psycopg.connect(PG_ADMIN, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {PG_ADMIN} is not reachable: {' '.join(str(exc).split())}"
-
-
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    problem = postgres_problem()
-    require(problem is None, problem or "")
-    name = f"certwright_interop_{uuid.uuid4().hex[:12]}"
-    info = psycopg.conninfo.conninfo_to_dict(PG_ADMIN)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        user, host, port = info.get("user", "postgres"), info.get("host", "127.0.0.1"), info.get("port", 5432)
-        yield f"postgresql+psycopg://{user}@{host}:{port}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass(frozen=True)
@@ -101,7 +71,7 @@ def pki(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         base = tmp_path_factory.mktemp(f"interop-inventory-{request.param}")
         db: tuple[str, ...] = ()
         if request.param == "postgresql":
-            url = stack.enter_context(postgres_database())
+            url = stack.enter_context(postgres_database("certwright_interop"))
             cli("db", "upgrade", "--db", url)
             db = ("--db", url)
         ca = base / "ca"

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from store_helpers import PG_ADMIN, START, TRUST_DOMAIN, Issue, issue_with, postgres_database
+from store_helpers import START, TRUST_DOMAIN, Issue, issue_with
 
 from certwright.clock import FixedClock
 from certwright.issuance import Authority, create_root
 from certwright.store import Store, open_store
 from certwright.x509.keys import KeyType, SigningKey, generate_key
 from certwright.x509.profiles import CASettings
+from support.postgres import PG_ADMIN, postgres_database
 
 ROOT_DN = "CN=Store Test Root,O=Example"
 

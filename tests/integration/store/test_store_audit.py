@@ -78,7 +78,12 @@ def test_events_chain_and_verify(log: Store) -> None:
     assert events[0].details == '{"index":1,"names":["a","b"],"profile":"mtls"}'
     assert events[0].at == at(1)
     assert events[0].hash == event_hash(
-        seq=1, at=at(1), kind="issued", actor="user-1", subject="3e9", details=events[0].details,
+        seq=1,
+        at=at(1),
+        kind="issued",
+        actor="user-1",
+        subject="3e9",
+        details=events[0].details,
         prev_hash=GENESIS_HASH,
     )
     assert result.ok and result.events == EVENTS
@@ -160,8 +165,14 @@ def test_an_inserted_row_is_found_even_with_a_valid_hash_of_its_own(log: Store) 
     with log.write() as session:
         session.add(
             AuditEvent(
-                seq=3, at=forged_at, kind=AuditKind.REVOKED, actor="mallory", subject="1", details="{}",
-                prev_hash=prev, hash=digest,
+                seq=3,
+                at=forged_at,
+                kind=AuditKind.REVOKED,
+                actor="mallory",
+                subject="1",
+                details="{}",
+                prev_hash=prev,
+                hash=digest,
             )
         )
     ok, first_bad, _ = report(log)
@@ -196,11 +207,22 @@ def test_a_rewritten_log_is_found_against_an_anchored_head(log: Store) -> None:
     for event in events:
         actor = "mallory" if event.seq == 2 else event.actor
         digest = event_hash(
-            seq=event.seq, at=event.at, kind=event.kind.value, actor=actor, subject=event.subject,
-            details=event.details, prev_hash=prev,
+            seq=event.seq,
+            at=event.at,
+            kind=event.kind.value,
+            actor=actor,
+            subject=event.subject,
+            details=event.details,
+            prev_hash=prev,
         )
-        sql(log, "UPDATE audit_events SET actor = :a, prev_hash = :p, hash = :h WHERE seq = :s",
-            a=actor, p=prev, h=digest, s=event.seq)
+        sql(
+            log,
+            "UPDATE audit_events SET actor = :a, prev_hash = :p, hash = :h WHERE seq = :s",
+            a=actor,
+            p=prev,
+            h=digest,
+            s=event.seq,
+        )
         prev = digest
     sql(log, "UPDATE audit_head SET hash = :h", h=prev)
     assert report(log)[0] is True  # the limit of a bare hash chain, documented

@@ -53,9 +53,10 @@ def test_a_certificate_round_trips_with_everything_derived_from_it(store: Store,
         assert record.serial == cert.serial_number
         assert record.der == cert.public_bytes(serialization.Encoding.DER)
         assert record.issuer == cert.issuer.rfc4514_string()
-        assert record.issuer_key_id == cert.extensions.get_extension_for_class(
-            x509.AuthorityKeyIdentifier
-        ).value.key_identifier
+        assert (
+            record.issuer_key_id
+            == cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+        )
         assert record.subject == cert.subject.rfc4514_string()
         assert record.identity == WEB
         assert record.roles == ["reader", "writer"]

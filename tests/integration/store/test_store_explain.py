@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session
-from store_helpers import START, postgres_database
+from store_helpers import START
 
 from certwright.store import (
     CertificateFilter,
@@ -36,6 +36,7 @@ from certwright.store import (
     list_certificates,
     open_store,
 )
+from support.postgres import postgres_database
 
 ROWS = 5000
 ISSUER = b"\x11" * 20
@@ -165,8 +166,10 @@ QUERIES: dict[str, tuple[str, Callable[[list[dict[str, Any]]], Callable[[Session
     ),
     "next page": (
         "ix_certificates_not_after_id",
-        lambda rows: lambda s: list_certificates(
-            s, CertificateFilter(), now=START, limit=50, after=Cursor(rows[4000]["not_after"], 4000)
+        lambda rows: (
+            lambda s: list_certificates(
+                s, CertificateFilter(), now=START, limit=50, after=Cursor(rows[4000]["not_after"], 4000)
+            )
         ),
     ),
     "crl entries": (
