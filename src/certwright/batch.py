@@ -25,12 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from certwright.errors import CertwrightError
 from certwright.files import parse_csr
-from certwright.issuance import Authority, VerifiedCSR, verify_csr
+from certwright.issuance import Authority, Issued, VerifiedCSR, verify_csr
 from certwright.x509.authz import Authorization
 from certwright.x509.identity import SpiffeId
 from certwright.x509.names import SubjectAltNames
@@ -114,7 +111,7 @@ def sign_csr_files(
     staging: Path,
     jobs: int | None = None,
     checked: Mapping[str, Checked] | None = None,
-    describe: Callable[[x509.Certificate], Any] | None = None,
+    describe: Callable[[Issued], Any] | None = None,
 ) -> Iterator[list[BatchItem]]:
     """Sign the CSR files ``names`` of ``directory`` into ``staging`` (empty, private).
 
@@ -122,9 +119,10 @@ def sign_csr_files(
     unique. Yields results chunk by chunk, in the order of ``names``. File names are plain
     strings here: with 10^5 requests, pathlib objects cost more than the file system.
     ``checked`` holds requests already read and verified (:func:`check_ahead`).
-    ``describe(certificate)`` runs in the worker that signed it; its result (picklable)
-    comes back as ``BatchItem.record`` (the service turns certificates into inventory rows
-    there, on every core, rather than in the parent).
+    ``describe(issued)`` runs in the worker that signed it, with the certificate's DER and
+    facts (:class:`~certwright.issuance.Issued`); its result (picklable) comes back as
+    ``BatchItem.record`` (the service turns certificates into inventory rows there, on
+    every core, rather than in the parent).
     """
     jobs = default_jobs(len(names)) if jobs is None else max(1, jobs)
     chunks = [list(names[i : i + CHUNK]) for i in range(0, len(names), CHUNK)]
@@ -148,7 +146,7 @@ class _Job:
     directory: str
     staging: str
     checked: Mapping[str, Checked]
-    describe: Callable[[x509.Certificate], Any] | None
+    describe: Callable[[Issued], Any] | None
 
     def run(self, names: list[str]) -> list[tuple[str | None, Any]]:
         """Sign and stage each CSR; return (None or the refusal reason, describe's result).
@@ -168,11 +166,11 @@ class _Job:
         if isinstance(item, str):
             return None, None, item
         try:
-            certificate = _sign(self.authority, self.request, item)
-            record = self.describe(certificate) if self.describe is not None else None
+            issued = _sign(self.authority, self.request, item)
+            record = self.describe(issued) if self.describe is not None else None
         except CertwrightError as exc:
             return None, None, str(exc)
-        return certificate.public_bytes(serialization.Encoding.PEM), record, None
+        return issued.pem(), record, None
 
     def _stage(self, name: str, pem: bytes) -> None:
         # The staging directory is ours alone (mode 0700, fresh): a plain create suffices,
@@ -212,8 +210,8 @@ def _run_chunk(names: list[str]) -> list[tuple[str | None, Any]]:
     return _worker.run(names)
 
 
-def _sign(authority: Authority, request: BatchRequest, csr: VerifiedCSR) -> x509.Certificate:
-    return authority.sign_csr(
+def _sign(authority: Authority, request: BatchRequest, csr: VerifiedCSR) -> Issued:
+    return authority.sign_csr_issued(
         csr,
         profile=request.profile,
         identity=request.identity,

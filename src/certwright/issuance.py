@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import datetime
 import functools
 import hashlib
@@ -300,6 +301,41 @@ def verify_csr(csr: x509.CertificateSigningRequest) -> VerifiedCSR:
     return VerifiedCSR(csr, _PROOF)
 
 
+@dataclass(frozen=True)
+class Issued:
+    """A certificate as DER, with the facts that were encoded into it.
+
+    What batch signing indexes without parsing the certificate back: every field here
+    is exactly what went into the TBSCertificate (the tests compare each one with the
+    parsed certificate). ``sans`` are the SANs in certificate order, identity first.
+    """
+
+    der: bytes
+    serial: int
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    spki: bytes
+    key_type: KeyType
+    sans: SubjectAltNames
+    authorization: Authorization
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_der_x509_certificate(self.der)
+
+    @property
+    def fingerprint(self) -> bytes:
+        """SHA-256 of the DER (what ``Certificate.fingerprint(SHA256())`` gives)."""
+        return hashlib.sha256(self.der).digest()
+
+    def pem(self) -> bytes:
+        """The PEM encoding, line for line what ``public_bytes(PEM)`` writes."""
+        body = base64.encodebytes(self.der)  # 76-column lines: re-wrap at 64 as RFC 7468 asks
+        flat = body.replace(b"\n", b"")
+        lines = b"\n".join(flat[i : i + 64] for i in range(0, len(flat), 64))
+        return b"-----BEGIN CERTIFICATE-----\n" + lines + b"\n-----END CERTIFICATE-----\n"
+
+
 class Authority:
     """A CA that issues: its certificate, private key, the chain above it, and settings.
 
@@ -343,6 +379,11 @@ class Authority:
         self._issuer_start = certificate.not_valid_before_utc
         self._issuer_end = certificate.not_valid_after_utc
 
+    @property
+    def key_identifier(self) -> bytes:
+        """The key id this CA writes in its certificates' authorityKeyIdentifier."""
+        return _key_id(_subject_key(self.key.public_key()).spki)
+
     def chain_for_leaf(self) -> tuple[x509.Certificate, ...]:
         """Certificates a leaf presents after itself: this CA and those above it, no root."""
         return tuple(c for c in (self.certificate, *self.chain) if not _self_signed(c))
@@ -372,7 +413,7 @@ class Authority:
             authorization=authorization,
             subject=subject,
             lifetime=lifetime,
-        )
+        ).certificate
 
     def _issue(
         self,
@@ -384,7 +425,7 @@ class Authority:
         authorization: Authorization | None,
         subject: x509.Name | str | None,
         lifetime: datetime.timedelta | None,
-    ) -> x509.Certificate:
+    ) -> Issued:
         sans = sans or SubjectAltNames()
         authorization = authorization or Authorization()
         request = Request(
@@ -411,8 +452,8 @@ class Authority:
                 f"{profile.name!r} allows",
                 field="subject",
             )
-        return self._build(
-            key.spki,
+        return self._build_issued(
+            key,
             profile=profile,
             subject=subject_der,
             sans=sans,
@@ -458,6 +499,33 @@ class Authority:
         profile checks as any request; a request for CA:true is refused outright, the rest
         (key usage, EKU, anything else) is ignored: the profile decides those. A
         :class:`VerifiedCSR` (from :func:`verify_csr`) is not verified a second time.
+        """
+        return self.sign_csr_issued(
+            csr,
+            profile=profile,
+            identity=identity,
+            sans=sans,
+            authorization=authorization,
+            subject=subject,
+            lifetime=lifetime,
+        ).certificate
+
+    def sign_csr_issued(
+        self,
+        csr: x509.CertificateSigningRequest | VerifiedCSR,
+        *,
+        profile: Profile,
+        identity: SpiffeId | None = None,
+        sans: SubjectAltNames | None = None,
+        authorization: Authorization | None = None,
+        subject: x509.Name | str | None = None,
+        lifetime: datetime.timedelta | None = None,
+    ) -> Issued:
+        """:meth:`sign_csr`, returning the DER and its facts (:class:`Issued`) unparsed.
+
+        For callers that write and index many certificates (batch signing): they need
+        the bytes and the facts, and parsing each certificate back costs more than
+        building it.
         """
         csr = (csr if isinstance(csr, VerifiedCSR) else verify_csr(csr)).csr
         requested, wants_ca = _csr_requests(csr)
@@ -525,18 +593,18 @@ class Authority:
             )
         return not_before, not_after
 
-    def _build(
+    def _build_issued(
         self,
-        spki: bytes,
+        key: _SubjectKey,
         *,
         profile: Profile,
         subject: bytes,
         sans: SubjectAltNames,
         authorization: Authorization,
         lifetime: datetime.timedelta,
-    ) -> x509.Certificate:
+    ) -> Issued:
         template = self._template(profile)
-        key_id = _key_id(spki)
+        key_id = _key_id(key.spki)
         not_before, not_after = self._validity(lifetime)
         extensions = [template.head]
         if sans:
@@ -550,19 +618,28 @@ class Authority:
         extensions.append(template.tail)
         if authorization:
             extensions.append(der.extension(self._authz_oid, False, authorization.to_der()))
+        serial = random_serial()
         tbs = der.sequence(
             template.prefix,
-            der.integer(random_serial()),
+            der.integer(serial),
             template.algorithm,
             template.issuer,
             _validity_der(not_before, not_after),
             subject,
-            spki,
+            key.spki,
             der.tlv(0xA3, der.sequence(*extensions)),
         )
         signature = self._signer.sign(tbs)
-        return x509.load_der_x509_certificate(
-            der.sequence(tbs, template.algorithm, der.bit_string(signature))
+        return Issued(
+            der=der.sequence(tbs, template.algorithm, der.bit_string(signature)),
+            serial=serial,
+            # What der.time() wrote: UTC, whole seconds.
+            not_before=not_before.astimezone(datetime.UTC).replace(microsecond=0),
+            not_after=not_after.astimezone(datetime.UTC).replace(microsecond=0),
+            spki=key.spki,
+            key_type=key.key_type,
+            sans=sans,
+            authorization=authorization,
         )
 
 
@@ -606,14 +683,14 @@ def create_root(
         .sign(key, _hash_for(key))
     )
     authority = Authority(certificate=shell, key=key, settings=settings, clock=clock)
-    return authority._build(
-        _subject_key(key.public_key()).spki,
+    return authority._build_issued(
+        _subject_key(key.public_key()),
         profile=profile,
         subject=name.public_bytes(),
         sans=SubjectAltNames(),
         authorization=Authorization(),
         lifetime=profile.lifetime_for(lifetime),
-    )
+    ).certificate
 
 
 def _hash_for(key: SigningKey) -> hashes.SHA256 | hashes.SHA384 | None:
@@ -686,6 +763,7 @@ def _csr_label(csr: x509.CertificateSigningRequest) -> x509.Name | None:
 __all__ = [
     "Authority",
     "ExtendedKeyUsage",
+    "Issued",
     "VerifiedCSR",
     "create_root",
     "name_constraints",

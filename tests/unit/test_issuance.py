@@ -24,7 +24,16 @@ from hypothesis import strategies as st
 
 from certwright.clock import FixedClock
 from certwright.errors import InvalidCSRError, InvalidIdentityError, InvalidInputError, PolicyViolation
-from certwright.issuance import SERIAL_BITS, Authority, VerifiedCSR, create_root, random_serial, verify_csr
+from certwright.issuance import (
+    SERIAL_BITS,
+    Authority,
+    VerifiedCSR,
+    _subject_key,
+    create_root,
+    random_serial,
+    verify_csr,
+)
+from certwright.store.records import certificate_fields, issued_fields
 from certwright.x509 import der
 from certwright.x509.authz import Authorization
 from certwright.x509.identity import SpiffeId
@@ -270,6 +279,38 @@ def test_any_issued_certificate_is_byte_identical_to_certificate_builder(
     assert Authorization.from_certificate(cert, authority.settings.oid) == request["authorization"]
     lifetime = request["lifetime"] or request["profile"].default_lifetime
     assert cert.not_valid_after_utc - cert.not_valid_before_utc == lifetime + authority.settings.backdate
+
+
+@settings(max_examples=150, deadline=None)
+@given(request=_requests())
+def test_issued_facts_are_what_the_certificate_says(authority_for, leaf_keys, request):
+    """Batch signing indexes certificates from :class:`Issued` facts, never parsing them back."""
+    request = dict(request)
+    authority = authority_for(request.pop("ca_type"))
+    public_key = leaf_keys(request.pop("leaf_type")).public_key()
+    issued = authority._issue(_subject_key(public_key), **request)
+    cert = issued.certificate
+    assert issued.serial == cert.serial_number
+    assert (issued.not_before, issued.not_after) == (cert.not_valid_before_utc, cert.not_valid_after_utc)
+    assert issued.spki == cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert issued.key_type is key_type_of(cert.public_key())
+    assert issued.sans == SubjectAltNames.of(cert)
+    assert issued.authorization == Authorization.from_certificate(cert, authority.settings.oid)
+    assert issued.fingerprint == cert.fingerprint(hashes.SHA256())
+    assert issued.pem() == cert.public_bytes(serialization.Encoding.PEM)
+    now = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+    assert issued_fields(
+        issued,
+        issuer=authority.certificate.subject.rfc4514_string(),
+        issuer_key_id=authority.key_identifier,
+        profile="p",
+        requested_by="t",
+        created_at=now,
+    ) == certificate_fields(
+        cert, profile="p", requested_by="t", created_at=now, extension_oid=authority.settings.extension_oid
+    )
 
 
 # -- serial numbers -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from certwright.batch import BatchRequest, Checked, sign_csr_files
 from certwright.clock import Clock, SystemClock
 from certwright.errors import CertwrightError
-from certwright.issuance import Authority, VerifiedCSR
+from certwright.issuance import Authority, Issued, VerifiedCSR
 from certwright.store import (
     AuditKind,
     CertificateFilter,
@@ -38,8 +38,16 @@ from certwright.store import (
     get_by_serial,
     list_certificates,
 )
-from certwright.store.bulk import EventSpec, Row, add_certificates, append_events
-from certwright.store.records import certificate_fields
+from certwright.store.bulk import (
+    EncodedRow,
+    Encoders,
+    EventSpec,
+    add_certificates,
+    append_events,
+    encode_row,
+    encoders_for,
+)
+from certwright.store.records import certificate_fields, issued_fields
 from certwright.x509.authz import DEFAULT_OID, Authorization
 from certwright.x509.identity import SpiffeId
 from certwright.x509.keys import PublicKey
@@ -136,7 +144,7 @@ class CertificateService:
         ]
         events = [
             EventSpec(
-                AuditKind.ISSUED, self.actor, now, format(c.serial_number, "x"), _details(c, r, profile)
+                AuditKind.ISSUED, self.actor, now, format(c.serial_number, "x"), _details(r, profile)
             )
             for c, (r, _) in zip(certificates, rows, strict=True)
         ]
@@ -169,10 +177,12 @@ class CertificateService:
         now = self.clock.now()
         describe = functools.partial(
             _batch_row,
+            issuer=authority.certificate.subject.rfc4514_string(),
+            issuer_key_id=authority.key_identifier,
+            encoders=encoders_for(self.store.engine.dialect),
             profile=request.profile.name,
             actor=self.actor,
             at=now,
-            extension_oid=self.extension_oid,
         )
         signed: list[str] = []
         failures: list[tuple[str, str]] = []
@@ -252,7 +262,7 @@ class CertificateService:
             actor=self.actor,
             at=now,
             subject=format(certificate.serial_number, "x"),
-            details=_details(certificate, record, profile),
+            details=_details(record, profile),
         )
         return record
 
@@ -277,33 +287,38 @@ class BatchRefusedError(CertwrightError):
 
 
 def _batch_row(
-    certificate: x509.Certificate, *, profile: str, actor: str, at: datetime.datetime, extension_oid: str
-) -> tuple[Row, EventSpec]:
-    """Runs in a batch worker: a certificate's inventory row and its audit event."""
-    row = certificate_fields(
-        certificate, profile=profile, requested_by=actor, created_at=at, extension_oid=extension_oid
+    issued: Issued,
+    *,
+    issuer: str,
+    issuer_key_id: bytes,
+    encoders: Encoders,
+    profile: str,
+    actor: str,
+    at: datetime.datetime,
+) -> tuple[EncodedRow, EventSpec]:
+    """Runs in a batch worker: a certificate's inventory row, encoded, and its audit event."""
+    row = issued_fields(
+        issued,
+        issuer=issuer,
+        issuer_key_id=issuer_key_id,
+        profile=profile,
+        requested_by=actor,
+        created_at=at,
     )
-    event = EventSpec(
-        AuditKind.ISSUED,
-        actor,
-        at,
-        format(certificate.serial_number, "x"),
-        _details(certificate, row[0], profile),
-    )
-    return row, event
+    event = EventSpec(AuditKind.ISSUED, actor, at, format(issued.serial, "x"), _details(row[0], profile))
+    return encode_row(encoders, row), event
 
 
-def _details(
-    certificate: x509.Certificate, row: CertificateRecord | dict[str, Any], profile: str | None
-) -> dict[str, Any]:
+def _details(row: CertificateRecord | dict[str, Any], profile: str | None) -> dict[str, Any]:
     """What an issuance event says: enough to recognise the certificate without the inventory."""
     get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
+    not_after: datetime.datetime = get("not_after")
     return {
         "issuer": get("issuer"),
         "subject": get("subject"),
         "identity": get("identity"),
         "profile": profile,
-        "not_after": certificate.not_valid_after_utc.isoformat(),
+        "not_after": not_after.isoformat(),
         "fingerprint_sha256": bytes(get("fingerprint_sha256") or b"").hex(),
     }
 

@@ -30,6 +30,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _encode_ascii  # C, what json.dumps uses
 from typing import Any
 
 import sqlalchemy as sa
@@ -87,19 +88,40 @@ def event_hash(
     details: str,
     prev_hash: str,
 ) -> str:
-    """SHA-256 (hex) of the canonical encoding of one event (see the module doc)."""
-    encoded = canonical_json(
-        {
-            "seq": seq,
-            "at": canonical_time(at),
-            "kind": kind,
-            "actor": actor,
-            "subject": subject,
-            "details": details,
-            "prev_hash": prev_hash,
-        }
+    """SHA-256 (hex) of the canonical encoding of one event (see the module doc).
+
+    The object is written out key by key in sorted order rather than through
+    ``canonical_json(dict)``: batches hash 10^4 events in a row, and this is 5x cheaper.
+    The tests hold it equal to the ``json.dumps(sort_keys=True, ...)`` form for any input.
+    """
+    if type(seq) is not int:  # bool and floats would serialise differently
+        raise InvalidInputError(f"audit sequence number must be an int, not {type(seq).__name__}")
+    encoded = "".join(
+        (
+            '{"actor":',
+            _json_string(actor),
+            ',"at":',
+            _json_string(canonical_time(at)),
+            ',"details":',
+            _json_string(details),
+            ',"kind":',
+            _json_string(kind),
+            ',"prev_hash":',
+            _json_string(prev_hash),
+            ',"seq":',
+            str(seq),
+            ',"subject":',
+            "null" if subject is None else _json_string(subject),
+            "}",
+        )
     )
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def _json_string(value: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"audit field must be text, not {type(value).__name__}")
+    return _encode_ascii(value)
 
 
 def append_event(

@@ -15,7 +15,8 @@ Example::
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +35,6 @@ from certwright.store.models import (
     CertificateRecord,
     NameKind,
 )
-
-_LOOKUP_CHUNK = 1000  # bound parameters per IN (...): far below SQLite's 32,766
 
 
 @dataclass(frozen=True)
@@ -56,53 +55,179 @@ def _table(model: type[Base]) -> sa.Table:
 
 
 Row = tuple[dict[str, Any], list[tuple[NameKind, str]]]  # see records.certificate_fields
+Params = tuple[Any, ...] | dict[str, Any]  # one row's driver parameters
 
 
-def add_certificates(session: Session, rows: Sequence[Row]) -> None:
-    """Insert new certificate rows and their names with two multi-row statements.
+class RowEncoder:
+    """One table's INSERT, compiled once for a dialect, and rows encoded for its driver.
 
-    ``rows`` come from :func:`~certwright.store.records.certificate_fields`. Core inserts on
-    the tables, not the ORM: no object per row. Raises :class:`DuplicateCertificateError`
+    SQLAlchemy's executemany runs every column's bind processor per row inside the
+    statement call, in the process that executes it. A batch builds its rows in forked
+    workers, which can run the same processors (the public ``bind_processor`` of each
+    column type: UTC times, 20-octet serials, JSON, enums) where the row is made; the
+    parent then hands finished parameters to the driver. Pickling an encoder is not
+    needed: workers inherit it through ``fork``.
+    """
+
+    def __init__(self, table: sa.Table, dialect: sa.Dialect, *, explicit_id: bool = False) -> None:
+        generated = [c for c in table.columns if c.primary_key and c.autoincrement in (True, "auto")]
+        columns = [c for c in table.columns if c not in generated]
+        id_keys = [c.key for c in generated] if explicit_id else []
+        if explicit_id and id_keys != ["id"]:
+            raise ValueError(f"table {table.name} has no generated id column to fill explicitly")
+        compiled = sa.insert(table).compile(dialect=dialect, column_keys=id_keys + [c.key for c in columns])
+        self.sql = compiled.string
+        self.positional = bool(compiled.positional)
+        by_key = {c.key: c for c in columns}
+        order = list(compiled.positiontup or ()) if self.positional else list(by_key)
+        if self.positional and explicit_id:
+            # The id is bound first (table order), then the encoded values.
+            if order[0] != "id":
+                raise ValueError(f"unexpected parameter order for {table.name}: {order}")
+            order = order[1:]
+        self.keys = tuple(order)
+        self.explicit_id = explicit_id
+        self._processors = tuple((key, _processor(by_key[key].type, dialect)) for key in self.keys)
+
+    def encode(self, row: Mapping[str, Any]) -> Params:
+        values = [row[key] if process is None else process(row[key]) for key, process in self._processors]
+        return tuple(values) if self.positional else dict(zip(self.keys, values, strict=True))
+
+    def insert(self, session: Session, params: Sequence[Params], *, ids: Sequence[int] = ()) -> None:
+        """Execute the INSERT for many encoded rows (one driver ``executemany``).
+
+        With ``explicit_id`` the rows' primary keys are ``ids`` (from :func:`allocate_ids`).
+        """
+        if not params:
+            return
+        if self.explicit_id:
+            params = [_with_id(ident, row) for ident, row in zip(ids, params, strict=True)]
+        session.connection().exec_driver_sql(self.sql, list(params))
+
+
+def _with_id(ident: int, params: Params) -> Params:
+    return (ident, *params) if isinstance(params, tuple) else {"id": ident, **params}
+
+
+def allocate_ids(session: Session, table: sa.Table, count: int) -> list[int]:
+    """Reserve ``count`` new ``id`` values of ``table`` for rows inserted with explicit keys.
+
+    PostgreSQL: drawn from the column's own sequence, so concurrent writers (other
+    replicas) never collide. SQLite: the caller's write transaction holds the database's
+    one writer lock (``BEGIN IMMEDIATE``, see :mod:`~certwright.store.session`), so no one
+    else can insert until it commits, and ``max(id) + 1`` onwards is free.
+    """
+    if count <= 0:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        query = sa.text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)")
+        return [int(ident) for (ident,) in session.execute(query, {"table": table.name, "n": count})]
+    top = session.execute(sa.select(sa.func.max(table.c.id))).scalar() or 0
+    return list(range(top + 1, top + 1 + count))
+
+
+def _processor(column_type: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+    process = column_type.dialect_impl(dialect).bind_processor(dialect)
+    if process is None or not _is_binary(column_type, dialect):
+        return process
+    # Binary processors wrap bytes in the driver's Binary (a memoryview on sqlite3), which
+    # cannot be pickled back from a worker; every driver takes plain bytes.
+    inner = process
+
+    def to_bytes(value: Any) -> Any:
+        result = inner(value)
+        return bytes(result) if isinstance(result, memoryview) else result
+
+    return to_bytes
+
+
+def _is_binary(column_type: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> bool:
+    impl = column_type.dialect_impl(dialect)
+    if isinstance(impl, sa.TypeDecorator):
+        impl = impl.impl_instance
+    return isinstance(impl, sa.LargeBinary)
+
+
+@dataclass(frozen=True)
+class Encoders:
+    """The encoders of a batch: certificates, their names, audit events."""
+
+    certificates: RowEncoder
+    names: RowEncoder
+    events: RowEncoder
+
+    @classmethod
+    def for_dialect(cls, dialect: sa.Dialect) -> Encoders:
+        return cls(
+            RowEncoder(_table(CertificateRecord), dialect, explicit_id=True),
+            RowEncoder(_table(CertificateName), dialect),
+            RowEncoder(_table(AuditEvent), dialect),
+        )
+
+
+@dataclass(frozen=True)
+class EncodedRow:
+    """A certificate row ready for the driver, made by :meth:`Encoders.encode_row`."""
+
+    params: Params
+    fingerprint: bytes
+    names: list[tuple[NameKind, str]]
+
+
+@functools.lru_cache(maxsize=8)
+def encoders_for(dialect: sa.Dialect) -> Encoders:
+    """The :class:`Encoders` of a dialect (built once: compiling the INSERTs costs ~1 ms)."""
+    return Encoders.for_dialect(dialect)
+
+
+def encode_row(encoders: Encoders, row: Row) -> EncodedRow:
+    """Encode a :func:`~certwright.store.records.certificate_fields` row for the driver."""
+    fields, names = row
+    return EncodedRow(encoders.certificates.encode(fields), fields["fingerprint_sha256"], names)
+
+
+def add_certificates(session: Session, rows: Sequence[Row | EncodedRow]) -> None:
+    """Insert new certificate rows and their names: one ``executemany`` per table.
+
+    ``rows`` come from :func:`~certwright.store.records.certificate_fields`, or already
+    encoded by :func:`encode_row` (batch workers do that on every core). No ORM object
+    per row, no per-row statement processing. Raises :class:`DuplicateCertificateError`
     when any (issuer, serial) or fingerprint is already stored; the transaction must then
     be rolled back (nothing of it is kept).
     """
     if not rows:
         return
-    table = _table(CertificateRecord)
-    fields = [row for row, _ in rows]
+    encoders = encoders_for(session.get_bind().dialect)
+    encoded = [row if isinstance(row, EncodedRow) else encode_row(encoders, row) for row in rows]
+    # Keys are chosen here, not by the insert, so the names can point at their certificate
+    # without reading the new ids back.
+    ids = allocate_ids(session, _table(CertificateRecord), len(encoded))
     try:
-        # A plain executemany: INSERT ... RETURNING goes row by row on SQLite (~5x slower);
-        # the new ids are read back by fingerprint (unique, indexed) in one query instead.
-        session.execute(sa.insert(table), fields)
+        encoders.certificates.insert(session, [row.params for row in encoded], ids=ids)
     except exc.IntegrityError as error:
         raise DuplicateCertificateError(
             "a certificate of the batch (same issuer and serial, or same fingerprint) is already "
             "in the inventory"
         ) from error
-    fingerprints = [row["fingerprint_sha256"] for row in fields]
-    found: dict[bytes, int] = {}
-    for start in range(0, len(fingerprints), _LOOKUP_CHUNK):
-        chunk = fingerprints[start : start + _LOOKUP_CHUNK]
-        query = sa.select(table.c.fingerprint_sha256, table.c.id).where(table.c.fingerprint_sha256.in_(chunk))
-        found.update((fingerprint, ident) for fingerprint, ident in session.execute(query))
-    ids = [found[fingerprint] for fingerprint in fingerprints]
+    encode_name = encoders.names.encode
     names = [
-        {"certificate_id": ident, "kind": kind, "value": value}
-        for ident, (_, row_names) in zip(ids, rows, strict=True)
-        for kind, value in row_names
+        encode_name({"certificate_id": ident, "kind": kind, "value": value})
+        for ident, row in zip(ids, encoded, strict=True)
+        for kind, value in row.names
     ]
-    if names:
-        session.execute(sa.insert(_table(CertificateName)), names)
+    encoders.names.insert(session, names)
 
 
 def append_events(session: Session, events: Sequence[EventSpec]) -> None:
     """Append events to the hash chain in order: one head lock, one insert, one head update."""
     if not events:
         return
+    encoders = encoders_for(session.get_bind().dialect)
     seq, previous = session.execute(
         sa.select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
     ).one()
     rows = []
+    encode = encoders.events.encode
     for event in events:
         seq += 1
         at = utc(event.at)  # refuses a naive time, as append_event does
@@ -117,17 +242,19 @@ def append_events(session: Session, events: Sequence[EventSpec]) -> None:
             prev_hash=previous,
         )
         rows.append(
-            {
-                "seq": seq,
-                "at": at,
-                "kind": event.kind,
-                "actor": event.actor,
-                "subject": event.subject,
-                "details": details,
-                "prev_hash": previous,
-                "hash": digest,
-            }
+            encode(
+                {
+                    "seq": seq,
+                    "at": at,
+                    "kind": event.kind,
+                    "actor": event.actor,
+                    "subject": event.subject,
+                    "details": details,
+                    "prev_hash": previous,
+                    "hash": digest,
+                }
+            )
         )
         previous = digest
-    session.execute(sa.insert(_table(AuditEvent)), rows)
+    encoders.events.insert(session, rows)
     session.execute(sa.update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=previous))

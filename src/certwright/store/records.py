@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from certwright.errors import InvalidCertificateError, InvalidInputError, InvalidKeyError, InvalidNameError
+from certwright.issuance import Issued
 from certwright.store.models import CertificateName, CertificateRecord, CertificateStatus, NameKind
 from certwright.store.types import serial_to_bytes
 from certwright.x509.authz import DEFAULT_OID, Authorization
@@ -125,6 +126,49 @@ def certificate_fields(
         "requested_by": requested_by,
         "created_at": created_at,
         "der": certificate.public_bytes(serialization.Encoding.DER),
+    }
+    return fields, _names(sans)
+
+
+def issued_fields(
+    issued: Issued,
+    *,
+    issuer: str,
+    issuer_key_id: bytes,
+    profile: str | None,
+    requested_by: str,
+    created_at: datetime.datetime,
+) -> tuple[dict[str, Any], list[tuple[NameKind, str]]]:
+    """:func:`certificate_fields` for a certificate just built, from the facts it was built of.
+
+    Batch signing's path: parsing each certificate back costs ~90 us, more than building
+    it. ``issuer`` is the issuing CA's subject (RFC 4514) and ``issuer_key_id`` its
+    :attr:`~certwright.issuance.Authority.key_identifier`; the subject is still read from
+    the DER (one lazy parse, ~8 us). The tests hold this equal, field for field, to
+    :func:`certificate_fields` of the parsed certificate.
+    """
+    serial_to_bytes(issued.serial)
+    sans = issued.sans
+    fields: dict[str, Any] = {
+        "serial": issued.serial,
+        "issuer": issuer,
+        "issuer_key_id": issuer_key_id,
+        "subject": x509.load_der_x509_certificate(issued.der).subject.rfc4514_string(),
+        "identity": _identity(sans),
+        "roles": list(issued.authorization.roles),
+        "attributes": issued.authorization.attribute_map,
+        "profile": profile,
+        "key_type": issued.key_type.value,
+        "not_before": issued.not_before,
+        "not_after": issued.not_after,
+        "fingerprint_sha256": issued.fingerprint,
+        "public_key_id": public_key_id(issued.spki),
+        "status": CertificateStatus.GOOD,
+        "revoked_at": None,
+        "revocation_reason": None,
+        "requested_by": requested_by,
+        "created_at": created_at,
+        "der": issued.der,
     }
     return fields, _names(sans)
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import itertools
+import json
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from store_helpers import START
 
 from certwright.errors import InvalidInputError
@@ -261,3 +265,38 @@ def test_details_must_be_plain_json_and_times_aware(store: Store) -> None:
             append_event(session, kind=AuditKind.KEY, actor="a", at=datetime.datetime(2030, 1, 1))
     with store.read() as session:
         assert audit_head(session) == (0, GENESIS_HASH)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seq=st.integers(0, 2**63),
+    actor=st.text(),
+    subject=st.none() | st.text(),
+    details=st.text(),
+    kind=st.text(),
+    prev=st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+    micros=st.integers(0, 10**6 - 1),
+)
+def test_event_hash_is_sha256_of_the_sorted_key_json_object(
+    seq: int, actor: str, subject: str | None, details: str, kind: str, prev: str, micros: int
+) -> None:
+    """The hand-assembled encoding equals json.dumps(sort_keys=True, ...) for any input."""
+    at = datetime.datetime(2030, 1, 1, 12, 0, 0, micros, tzinfo=datetime.UTC)
+    reference = json.dumps(
+        {
+            "seq": seq,
+            "at": at.isoformat(timespec="microseconds"),
+            "kind": kind,
+            "actor": actor,
+            "subject": subject,
+            "details": details,
+            "prev_hash": prev,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+        allow_nan=False,
+    )
+    expected = hashlib.sha256(reference.encode("utf-8")).hexdigest()
+    got = event_hash(seq=seq, at=at, kind=kind, actor=actor, subject=subject, details=details, prev_hash=prev)
+    assert got == expected
