@@ -37,10 +37,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certwright.cadir import init_ca
+from certwright.cadir import INVENTORY, init_ca
+from certwright.cli.ca_cmds import create_inventory
 from certwright.files import read_private_key
 from certwright.issuance import Authority
-from certwright.x509.authz import Authorization
+from certwright.x509.authz import DEFAULT_OID, Authorization
 from certwright.x509.identity import SpiffeId
 from certwright.x509.keys import KeyType, SigningKey, signature_hash
 from certwright.x509.names import SubjectAltNames
@@ -349,8 +350,11 @@ class CliSetup:
 
 
 def make_cli_setup(root: Path, work: Workload, key_type: KeyType) -> CliSetup:
+    # As `certwright ca init` does: the inventory exists, holding the CA's own certificates.
     ca = init_ca(root / "ca", name="Bench", trust_domain=TRUST_DOMAIN, passphrase=PASSPHRASE.encode(),
-                 key_type=key_type)
+                 key_type=key_type,
+                 prepare=lambda staging, root_cert, inter: create_inventory(
+                     str(staging / INVENTORY), root_cert, inter, DEFAULT_OID))
     authority = ca.require_authority()
     ca_key = root / "intermediate-plain.key"
     ca_key.write_bytes(authority.key.private_bytes(
@@ -387,8 +391,12 @@ def timed(command: list[str], *, env: dict[str, str] | None = None) -> float:
 
 
 def run_certwright_batch(setup: CliSetup, out_dir: Path) -> float:
+    # Each run starts from the CA as `ca init` left it, as each openssl ca run starts from an
+    # empty index.txt.
+    ca_dir = out_dir.with_name(out_dir.name + "-ca")
+    shutil.copytree(setup.ca_dir, ca_dir)
     roles = [arg for role in ROLES for arg in ("--role", role)]
-    command = [*certwright_command(), "sign", "--ca", str(setup.ca_dir), "--profile", PROFILE,
+    command = [*certwright_command(), "sign", "--ca", str(ca_dir), "--profile", PROFILE,
                "--csr-dir", str(setup.csr_dir), "--out-dir", str(out_dir), *roles,
                "--attr", "env=prod", "--attr", "owner=team-0"]
     elapsed = timed(command, env={**os.environ, "CERTWRIGHT_CA_PASSPHRASE": PASSPHRASE})

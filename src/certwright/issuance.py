@@ -32,6 +32,7 @@ import functools
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -423,7 +424,7 @@ class Authority:
         identity: SpiffeId | None,
         sans: SubjectAltNames | None,
         authorization: Authorization | None,
-        subject: x509.Name | str | None,
+        subject: x509.Name | str | _CsrLabel | None,
         lifetime: datetime.timedelta | None,
     ) -> Issued:
         sans = sans or SubjectAltNames()
@@ -439,12 +440,17 @@ class Authority:
         if identity is not None:
             # The identity leads: it is the certificate's one URI SAN (checked above).
             sans = SubjectAltNames(uris=(str(identity),), dns=sans.dns, ips=sans.ips, emails=sans.emails)
-        name = parse_subject(subject) if isinstance(subject, str) else subject
-        if name is None:
-            subject_der = _label_der(identity, sans)
+        if isinstance(subject, _CsrLabel):
+            self._check_common_names((subject.value,), sans)
+            subject_der = subject.der
         else:
-            self._check_common_name(name, sans)
-            subject_der = name.public_bytes()
+            name = parse_subject(subject) if isinstance(subject, str) else subject
+            if name is None:
+                subject_der = _label_der(identity, sans)
+            else:
+                common_names = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+                self._check_common_names([str(a.value) for a in common_names], sans)
+                subject_der = name.public_bytes()
         if subject_der == _EMPTY_NAME and not sans:
             # RFC 5280 4.1.2.6, 4.2.1.6: an empty subject needs a SAN, else the certificate names nobody.
             raise PolicyViolation(
@@ -461,7 +467,7 @@ class Authority:
             lifetime=profile.lifetime_for(lifetime),
         )
 
-    def _check_common_name(self, name: x509.Name, sans: SubjectAltNames) -> None:
+    def _check_common_names(self, common_names: Sequence[str], sans: SubjectAltNames) -> None:
         """Refuse a host-name-like CN that the issuer's DNS name constraints exclude.
 
         With no DNS SAN, OpenSSL (and so nginx, curl, Python's ssl) checks a CN that looks
@@ -470,8 +476,8 @@ class Authority:
         """
         if sans.dns or not self._dns_zones:
             return
-        for attribute in name.get_attributes_for_oid(NameOID.COMMON_NAME):
-            value = str(attribute.value).lower().rstrip(".")
+        for common_name in common_names:
+            value = common_name.lower().rstrip(".")
             if "." not in value or not _HOSTNAME_LIKE.fullmatch(value):
                 continue
             if not any(value == z or value.endswith("." + z) for z in self._dns_zones):
@@ -537,15 +543,13 @@ class Authority:
         identity = _identity_from_csr(requested, identity)
         extra = SubjectAltNames(dns=requested.dns, ips=requested.ips, emails=requested.emails)
         merged = extra.merge(sans) if sans is not None else extra
-        if subject is None:
-            subject = _csr_label(csr)
         return self._issue(
             _csr_subject_key(csr),
             profile=profile,
             identity=identity,
             sans=merged,
             authorization=authorization,
-            subject=subject,
+            subject=_csr_label(csr) if subject is None else subject,
             lifetime=lifetime,
         )
 
@@ -751,13 +755,24 @@ def _identity_from_csr(requested: SubjectAltNames, identity: SpiffeId | None) ->
     return asked
 
 
-def _csr_label(csr: x509.CertificateSigningRequest) -> x509.Name | None:
+class _CsrLabel(NamedTuple):
+    """A subject of just the CSR's CN, pre-encoded (what ``x509.Name([CN=value])`` encodes)."""
+
+    value: str
+    der: bytes
+
+
+def _csr_label(csr: x509.CertificateSigningRequest) -> _CsrLabel | x509.Name | None:
     """Only the CSR's CN is kept, as a label: other subject fields are the CA's to assert."""
     common_names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not common_names:
         return None
     value = str(common_names[0].value)
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, value)])
+    if not 1 <= len(value) <= 64:  # ub-common-name: let x509.Name give its usual error
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, value)])
+    # A UTF8String CN in one RDN, as cryptography encodes it, without building the objects.
+    encoded = der.tlv(0x0C, value.encode("utf-8"))
+    return _CsrLabel(value, der.sequence(der.tlv(der.SET, der.sequence(_CN_OID, encoded))))
 
 
 __all__ = [

@@ -186,7 +186,8 @@ class TestPKI:
         )
         authz = Authorization.create(roles)
         if authz:
-            builder = builder.add_extension(authz.extension(self.settings.extension_oid), critical=False)
+            oid = x509.ObjectIdentifier(self.settings.extension_oid)
+            builder = builder.add_extension(x509.UnrecognizedExtension(oid, authz.to_der()), critical=False)
         cert = builder.sign(self.authority.key, hashes.SHA256())  # type: ignore[arg-type]
         return Workload(cert, key, self.authority.chain_for_leaf())
 

@@ -312,7 +312,8 @@ def _batch_row(
 def _details(row: CertificateRecord | dict[str, Any], profile: str | None) -> dict[str, Any]:
     """What an issuance event says: enough to recognise the certificate without the inventory."""
     get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
-    not_after: datetime.datetime = get("not_after")
+    not_after = get("not_after")
+    assert isinstance(not_after, datetime.datetime)
     return {
         "issuer": get("issuer"),
         "subject": get("subject"),

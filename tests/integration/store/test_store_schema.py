@@ -206,3 +206,9 @@ def test_a_locked_sqlite_database_is_a_store_error(tmp_path: Path, monkeypatch: 
         finally:
             holder.execute("ROLLBACK")
             holder.close()
+
+
+def test_the_written_down_head_is_the_head_of_the_packaged_migrations() -> None:
+    from certwright.store.migrate import HEAD_REVISION, scripts_head
+
+    assert scripts_head() == HEAD_REVISION
