@@ -34,6 +34,8 @@ COMMANDS = {
     "import": "certwright.cli.inventory_cmds:import_cmd",
     "audit": "certwright.cli.inventory_cmds:audit",
     "db": "certwright.cli.inventory_cmds:db",
+    "access": "certwright.cli.access_cmds:access",
+    "tunnel": "certwright.cli.tunnel_cmds:tunnel",
 }
 
 

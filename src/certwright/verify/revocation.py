@@ -61,13 +61,13 @@ def check_revocation(
     if not crls:
         return
     for cert, issuer in itertools.pairwise(chain):
-        for crl in _crls_of(issuer, crls):
-            _check_crl(crl, issuer, at)
+        for crl in crls_of(issuer, crls):
+            check_crl(crl, issuer, at)
             if _in_scope(crl, cert):
                 _check_entry(crl, cert)
 
 
-def _crls_of(
+def crls_of(
     issuer: x509.Certificate, crls: Sequence[x509.CertificateRevocationList]
 ) -> list[x509.CertificateRevocationList]:
     """The CRLs that claim to come from ``issuer`` (RFC 5280 6.3.3(b)(1), 5.2.1)."""
@@ -88,7 +88,7 @@ def _crls_of(
     return result
 
 
-def _check_crl(
+def check_crl(
     crl: x509.CertificateRevocationList, issuer: x509.Certificate, at: datetime.datetime
 ) -> None:
     who = describe(issuer)
