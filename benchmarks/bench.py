@@ -19,7 +19,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import pstats
 import shutil
 import subprocess
@@ -30,9 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cryptography
+from benchcommon import log, machine_info
 from cryptography import x509
-from cryptography.hazmat.backends.openssl import backend as _backend
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -64,34 +62,8 @@ OPENSSL_DIGESTS = {KeyType.EC_P256: "sha256", KeyType.EC_P384: "sha384", KeyType
                    KeyType.RSA_2048: "sha256"}
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # The machine and the baselines
-
-
-def machine_info() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    openssl_cli = subprocess.run(["openssl", "version"], capture_output=True, text=True, check=True)
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "cryptography": cryptography.__version__,
-        "cryptography_openssl": _backend.openssl_version_text(),
-        "openssl_cli": openssl_cli.stdout.strip(),
-    }
 
 
 def openssl_speed(algorithm: str, seconds: int) -> tuple[float, float]:

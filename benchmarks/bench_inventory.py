@@ -28,7 +28,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import random
 import re
 import resource
@@ -46,10 +45,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import cryptography
 import sqlalchemy as sa
+from benchcommon import log
+from benchcommon import machine_info as common_machine_info
 from cryptography import x509
-from cryptography.hazmat.backends.openssl import backend as _backend
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from sqlalchemy import event
@@ -123,38 +122,18 @@ OPENSSL_REASON = {
 GOOD, REVOKED, ON_HOLD = 0, 1, 2  # Inventory.states
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # The machine
 
 
 def machine_info() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    openssl_cli = subprocess.run(["openssl", "version"], capture_output=True, text=True, check=True)
     import sqlite3
 
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "cryptography": cryptography.__version__,
-        "cryptography_openssl": _backend.openssl_version_text(),
-        "openssl_cli": openssl_cli.stdout.strip(),
-        "sqlalchemy": sa.__version__,
-        "sqlite": sqlite3.sqlite_version,
-    }
+    return common_machine_info(
+        memory_gib=round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        sqlalchemy=sa.__version__,
+        sqlite=sqlite3.sqlite_version,
+    )
 
 
 def filesystem_of(path: Path) -> str:

@@ -28,7 +28,6 @@ import gc
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -42,8 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cryptography
-from cryptography.hazmat.backends.openssl import backend as _backend
+from benchcommon import log, machine_info
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -62,32 +60,6 @@ BODY = b"hello\n"
 REQUEST = b"GET /hello.txt HTTP/1.0\r\n\r\n"
 PEM = serialization.Encoding.PEM
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def machine_info() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    openssl_cli = subprocess.run(["openssl", "version"], capture_output=True, text=True, check=True)
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "python_ssl": ssl.OPENSSL_VERSION,
-        "cryptography": cryptography.__version__,
-        "cryptography_openssl": _backend.openssl_version_text(),
-        "openssl_cli": openssl_cli.stdout.strip(),
-    }
 
 
 # ---------------------------------------------------------------------------------------------
