@@ -10,13 +10,29 @@ from certwright.service.certificates import (
     CertificateService,
     ImportReport,
 )
+from certwright.service.enrollment import (
+    CreatedToken,
+    Enrolled,
+    EnrollmentService,
+    RenewalError,
+    TokenError,
+    TokenGrant,
+    TokenProblem,
+)
 from certwright.service.revocation import RevocationService, StoreStatusSource
 
 __all__ = [
     "BatchOutcome",
     "BatchRefusedError",
     "CertificateService",
+    "CreatedToken",
+    "Enrolled",
+    "EnrollmentService",
     "ImportReport",
+    "RenewalError",
     "RevocationService",
     "StoreStatusSource",
+    "TokenError",
+    "TokenGrant",
+    "TokenProblem",
 ]

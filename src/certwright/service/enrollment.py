@@ -1,46 +1,135 @@
 """Enrolment tokens, enrolment and renewal: the use cases behind ``certwright serve``.
 
-INTERFACE STUB written by the lead (issue 5); the owner fills it in. Public signatures
-are FIXED: the HTTP API codes against them in parallel.
+* :meth:`EnrollmentService.create_token`: an admin grants one identity, one profile, a set
+  of DNS names and IP addresses, roles/attributes and an optional lifetime cap, for a
+  short time. The secret is returned once and stored only as its SHA-256.
+* :meth:`EnrollmentService.enroll`: a workload presents the secret and a CSR (its key
+  never leaves it). The token is redeemed by one conditional UPDATE in the transaction
+  that stores the certificate, so the database enforces single use and a failed issuance
+  leaves the token unused.
+* :meth:`EnrollmentService.renew`: a workload authenticated by its current certificate
+  (the TLS handshake verified the chain) gets a successor with the same identity, names,
+  profile and roles, unless the inventory says that certificate is revoked, held or
+  expired.
+
+What is issued: exactly what the CSR asks for, within the grant. The identity is the
+token's (or the presented certificate's) whether or not the CSR names it; the DNS names
+and IP addresses are those the CSR lists, each of which must be in the grant: a CSR
+without SANs gets a certificate with the identity alone. The grant is a set of names, not
+patterns. The CSR's subject is not copied: the CA writes its default label (the last
+identity segment), since a host-name-like CN is matched by clients that fall back to the
+CN (OpenSSL without DNS SANs) and would widen the grant.
+
+Every certificate returned has been committed with its inventory row and its audit event
+(kind ``issued``, details naming the token or the certificate renewed). Every refusal
+raises before the commit and changes nothing.
+
+Example::
+
+    >>> service = EnrollmentService(store=store, authority=authority,
+    ...                             profiles=BUILTIN_PROFILES, clock=clock)   # doctest: +SKIP
+    >>> created = service.create_token(
+    ...     TokenGrant(SpiffeId.parse("spiffe://example.org/web"), "mtls"),
+    ...     ttl=datetime.timedelta(minutes=15), actor="admin")               # doctest: +SKIP
+    >>> enrolled = service.enroll(created.secret, csr, actor="enrol")        # doctest: +SKIP
+    >>> renewed = service.renew(enrolled.certificate, next_csr, actor="web")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+import enum
+import hashlib
+import ipaddress
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from sqlalchemy.orm import Session
 
 from certwright.clock import Clock, SystemClock
-from certwright.errors import CertwrightError
-from certwright.issuance import Authority
-from certwright.store import Store
+from certwright.errors import CertwrightError, InvalidCSRError, InvalidInputError, PolicyViolation
+from certwright.issuance import Authority, verify_csr
+from certwright.service.certificates import _details
+from certwright.store import (
+    AuditKind,
+    CertificateRecord,
+    CertificateStatus,
+    Store,
+    add_certificate,
+    append_event,
+)
+from certwright.store.models import EnrollmentToken
+from certwright.store.tokens import add_token, find_token, lock_certificate, redeem_token
 from certwright.x509.authz import DEFAULT_OID, Authorization
 from certwright.x509.identity import SpiffeId
-from certwright.x509.names import SubjectAltNames
-from certwright.x509.profiles import Profile
+from certwright.x509.names import IPAddress, SubjectAltNames, normalize_dns, normalize_email
+from certwright.x509.profiles import Profile, Request
+
+# A token is a bearer secret: short-lived by design. Fifteen minutes is the API's default.
+MAX_TOKEN_TTL = datetime.timedelta(days=30)
+SECRET_BYTES = 32  # 256 bits from the CSPRNG (secrets.token_urlsafe): not guessable, no rate limit needed
+_MAX_SECRET_LENGTH = 256
+_MAX_ACTOR_LENGTH = 256  # the width of requested_by / created_by / used_by
+_SHA256 = hashes.SHA256()
+
+
+class TokenProblem(enum.Enum):
+    """Why a token was refused (for logs and metrics; callers see only ``public_message``)."""
+
+    UNKNOWN = "unknown"
+    USED = "used"
+    EXPIRED = "expired"
+    IDENTITY = "identity"  # the CSR asks for another identity than the token's
 
 
 class TokenError(CertwrightError):
     """A token is unknown, used, expired, or does not cover the request (never says which
-    of unknown/used/expired to an unauthenticated caller: ``public_message``)."""
+    of unknown/used/expired to an unauthenticated caller: ``public_message``).
+
+    The message itself names the token and the reason, for the server's log; ``problem``
+    says which, ``token_id`` which token (None when the secret matches none).
+    """
 
     public_message = "the enrolment token is not valid"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problem: TokenProblem = TokenProblem.UNKNOWN,
+        token_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.token_id = token_id
 
 
 class RenewalError(CertwrightError):
     """A renewal is refused: the presented certificate is unknown, revoked or expired, or
-    the request asks for more than it holds."""
+    the request asks for more than it holds.
+
+    The message is about the caller's own certificate and may be shown to it.
+    """
 
 
 @dataclass(frozen=True)
 class TokenGrant:
-    """What a token allows: one identity, one profile, a SAN set, roles, a lifetime cap."""
+    """What a token allows: one identity, one profile, a SAN set, roles, a lifetime cap.
+
+    ``sans`` holds DNS names and IP addresses only (the identity is the one URI).
+    ``lifetime`` caps the enrolled certificate's lifetime: it gets the profile's default
+    lifetime or the cap, whichever is shorter.
+    """
 
     identity: SpiffeId
     profile: str
-    sans: SubjectAltNames = SubjectAltNames()
-    authorization: Authorization = Authorization()
+    # Frozen values: one shared default instance is safe.
+    sans: SubjectAltNames = SubjectAltNames()  # noqa: RUF009
+    authorization: Authorization = Authorization()  # noqa: RUF009
     lifetime: datetime.timedelta | None = None
 
 
@@ -62,9 +151,23 @@ class Enrolled:
     chain: tuple[x509.Certificate, ...]
 
 
+class _Asked(NamedTuple):
+    """The names a CSR asks for, normalised as the inventory stores them."""
+
+    uris: tuple[str, ...]
+    dns: tuple[str, ...]
+    ips: tuple[IPAddress, ...]
+    emails: tuple[str, ...]
+
+
 @dataclass
 class EnrollmentService:
-    """Tokens, enrol (token + CSR) and renew (current certificate + CSR), one transaction each."""
+    """Tokens, enrol (token + CSR) and renew (current certificate + CSR), one transaction each.
+
+    ``extension_oid`` must be the OID the authority writes roles under
+    (``authority.settings.extension_oid``): the inventory indexes roles with it and
+    renewal reads them back with it.
+    """
 
     store: Store
     authority: Authority
@@ -72,16 +175,365 @@ class EnrollmentService:
     extension_oid: str = DEFAULT_OID
     clock: Clock = field(default_factory=SystemClock)
 
+    def __post_init__(self) -> None:
+        if self.extension_oid != self.authority.settings.extension_oid:
+            raise InvalidInputError(
+                f"extension OID {self.extension_oid} differs from the CA's "
+                f"{self.authority.settings.extension_oid}: roles would be recorded (and renewed) wrongly"
+            )
+
+    # -- tokens ------------------------------------------------------------------------
+
     def create_token(self, grant: TokenGrant, *, ttl: datetime.timedelta, actor: str) -> CreatedToken:
-        """Store a single-use token for ``grant`` (audited, kind TOKEN)."""
-        raise NotImplementedError
+        """Store a single-use token for ``grant`` (audited, kind TOKEN).
+
+        The grant is checked now against its profile and the CA's trust domain, so a token
+        that could never enrol is refused at once: :class:`PolicyViolation` (unknown or CA
+        profile, an identity, name or role the profile refuses) or
+        :class:`InvalidInputError` (ttl not in (0, 30 days], URIs or emails in ``sans``).
+        """
+        _check_actor(actor)
+        if not datetime.timedelta(0) < ttl <= MAX_TOKEN_TTL:
+            raise InvalidInputError(f"a token's ttl must be positive and at most {MAX_TOKEN_TTL.days} days")
+        grant = self._checked_grant(grant)
+        now = self.clock.now()
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        token_id = secrets.token_hex(8)
+        expires_at = now + ttl
+        lifetime = None if grant.lifetime is None else int(grant.lifetime.total_seconds())
+        with self.store.write() as session:
+            add_token(
+                session,
+                token_id=token_id,
+                token_hash=_hash_secret(secret),
+                identity=str(grant.identity),
+                profile=grant.profile,
+                dns=grant.sans.dns,
+                ips=[str(ip) for ip in grant.sans.ips],
+                roles=grant.authorization.roles,
+                attributes=grant.authorization.attribute_map,
+                lifetime_seconds=lifetime,
+                created_by=actor,
+                created_at=now,
+                expires_at=expires_at,
+            )
+            # Never the secret: the log is read by more people than may enrol workloads.
+            details: dict[str, Any] = {
+                "token_id": token_id,
+                "identity": str(grant.identity),
+                "profile": grant.profile,
+                "dns": list(grant.sans.dns),
+                "ips": [str(ip) for ip in grant.sans.ips],
+                "roles": list(grant.authorization.roles),
+                "attributes": grant.authorization.attribute_map,
+                "lifetime_seconds": lifetime,
+                "expires_at": expires_at.isoformat(),
+            }
+            append_event(
+                session,
+                kind=AuditKind.TOKEN,
+                actor=actor,
+                at=now,
+                subject=f"token:{token_id}",
+                details=details,
+            )
+        return CreatedToken(secret=secret, token_id=token_id, grant=grant, expires_at=expires_at)
+
+    def _checked_grant(self, grant: TokenGrant) -> TokenGrant:
+        profile = self.profiles.get(grant.profile)
+        if profile is None:
+            known = ", ".join(sorted(n for n, p in self.profiles.items() if not p.ca)) or "none"
+            raise PolicyViolation(f"unknown profile {grant.profile!r} (known: {known})", field="profile")
+        if profile.ca:
+            raise PolicyViolation(
+                f"profile {profile.name!r} issues CA certificates: no tokens", field="profile"
+            )
+        if grant.sans.uris or grant.sans.emails:
+            raise InvalidInputError(
+                "a token grants DNS names and IP addresses; its identity is the certificate's one URI"
+            )
+        sans = SubjectAltNames.create(dns=grant.sans.dns, ips=grant.sans.ips)
+        lifetime = grant.lifetime
+        if lifetime is not None:
+            lifetime = datetime.timedelta(seconds=int(lifetime.total_seconds()))  # stored in whole seconds
+        # The key is not known before enrolment (where issuance checks its type): check the
+        # rest with a key type the profile accepts.
+        key_type = min(profile.key_types, key=lambda k: k.value)
+        request = Request(
+            key_type=key_type,
+            identity=grant.identity,
+            sans=sans,
+            authorization=grant.authorization,
+            lifetime=lifetime,
+        )
+        profile.check(request, self.authority.settings)  # trust domain, patterns, roles, max lifetime
+        return replace(grant, sans=sans, lifetime=lifetime)
+
+    # -- enrolment ---------------------------------------------------------------------
 
     def enroll(self, secret: str, csr: x509.CertificateSigningRequest, *, actor: str) -> Enrolled:
-        """Redeem the token and issue for the CSR in one transaction (all or nothing)."""
-        raise NotImplementedError
+        """Redeem the token and issue for the CSR in one transaction (all or nothing).
+
+        Raises :class:`InvalidCSRError` (bad signature or extensions), :class:`TokenError`
+        (unknown, used or expired token; the CSR names another identity),
+        :class:`PolicyViolation` (the CSR asks for a name the token does not grant, or its
+        key type is not allowed by the profile). The token stays unused after any error.
+        """
+        _check_actor(actor)
+        verified = verify_csr(csr)  # RFC 2986 3: proof of possession, before touching the database
+        asked = _asked(verified.csr)
+        token_hash = _hash_secret(secret)
+        now = self.clock.now()
+        with self.store.write() as session:
+            token = redeem_token(session, token_hash, at=now, by=actor)
+            if token is None:
+                raise _refusal(session, token_hash, now)
+            grant = grant_of(token)
+            profile = self._profile(grant.profile, what=f"token {token.token_id}")
+            sans = _within_grant(asked, grant, token.token_id)
+            certificate = self.authority.issue(
+                verified.csr.public_key(),
+                profile=profile,
+                identity=grant.identity,
+                sans=sans,
+                authorization=grant.authorization,
+                lifetime=_capped(grant.lifetime, profile),
+            )
+            record = self._record(
+                session,
+                certificate,
+                profile=profile.name,
+                actor=actor,
+                at=now,
+                extra={"token_id": token.token_id},
+            )
+            token.certificate_id = record.id
+        return Enrolled(certificate=certificate, chain=self.authority.chain_for_leaf())
+
+    def _profile(self, name: str, *, what: str) -> Profile:
+        profile = self.profiles.get(name)
+        if profile is None:  # removed from the configuration after the token was made
+            raise PolicyViolation(
+                f"{what} names profile {name!r}, which this CA no longer has", field="profile"
+            )
+        return profile
+
+    # -- renewal -----------------------------------------------------------------------
 
     def renew(
         self, presented: x509.Certificate, csr: x509.CertificateSigningRequest, *, actor: str
     ) -> Enrolled:
-        """Issue a successor for ``presented`` (verified by the TLS handshake): same identity."""
-        raise NotImplementedError
+        """Issue a successor for ``presented`` (verified by the TLS handshake): same identity.
+
+        The successor has the presented certificate's profile, identity and roles and
+        attributes, the DNS names and IP addresses the CSR lists (each must be in the
+        presented certificate) and the profile's default lifetime. Raises
+        :class:`RenewalError` (certificate unknown to the inventory, revoked, on hold,
+        expired, without a profile; the CSR asks for another identity or more names) or
+        :class:`InvalidCSRError`.
+        """
+        _check_actor(actor)
+        verified = verify_csr(csr)
+        asked = _asked(verified.csr)
+        fingerprint = presented.fingerprint(_SHA256)
+        now = self.clock.now()
+        with self.store.write() as session:
+            row, profile = self._renewable(lock_certificate(session, fingerprint), now)
+            identity = SpiffeId.parse(row.identity) if row.identity is not None else None
+            sans = _within_held(asked, identity, SubjectAltNames.of(presented))
+            certificate = self.authority.issue(
+                verified.csr.public_key(),
+                profile=profile,
+                identity=identity,
+                sans=sans,
+                authorization=Authorization.from_certificate(presented, self.extension_oid),
+            )
+            self._record(
+                session,
+                certificate,
+                profile=profile.name,
+                actor=actor,
+                at=now,
+                extra={"renewed_from": row.serial_hex},
+            )
+        return Enrolled(certificate=certificate, chain=self.authority.chain_for_leaf())
+
+    def _renewable(
+        self, row: CertificateRecord | None, now: datetime.datetime
+    ) -> tuple[CertificateRecord, Profile]:
+        """The row and the profile to renew it under, or the reason it may not renew."""
+        if row is None:
+            # Chained to our roots but not in the inventory: issued elsewhere (or the
+            # inventory lost it); either way the CA never decided about it.
+            raise RenewalError("the certificate presented is not in this CA's inventory")
+        what = f"certificate {row.serial_hex}"
+        # RFC 5280 3.3: a revoked certificate must not be trusted, least of all to get a successor.
+        if row.status is CertificateStatus.REVOKED:
+            raise RenewalError(f"{what} is revoked ({_reason(row)}): enrol again")
+        if row.status is CertificateStatus.ON_HOLD:
+            raise RenewalError(f"{what} is on hold: it cannot renew until the hold is lifted")
+        if now >= row.not_after:
+            raise RenewalError(f"{what} expired at {row.not_after.isoformat()}: enrol again")
+        if row.profile is None:
+            raise RenewalError(f"{what} was imported without a profile: enrol it instead")
+        profile = self.profiles.get(row.profile)
+        if profile is None:
+            raise RenewalError(f"{what} has profile {row.profile!r}, which this CA no longer has")
+        return row, profile
+
+    # -- recording ---------------------------------------------------------------------
+
+    def _record(
+        self,
+        session: Session,
+        certificate: x509.Certificate,
+        *,
+        profile: str,
+        actor: str,
+        at: datetime.datetime,
+        extra: Mapping[str, Any],
+    ) -> CertificateRecord:
+        """The row and the ``issued`` event (what CertificateService records, plus ``extra``)."""
+        record = add_certificate(
+            session,
+            certificate,
+            profile=profile,
+            requested_by=actor,
+            created_at=at,
+            extension_oid=self.extension_oid,
+        )
+        append_event(
+            session,
+            kind=AuditKind.ISSUED,
+            actor=actor,
+            at=at,
+            subject=record.serial_hex,
+            details={**_details(record, profile), **extra},
+        )
+        return record
+
+
+def grant_of(token: EnrollmentToken) -> TokenGrant:
+    """The grant a stored token carries."""
+    return TokenGrant(
+        identity=SpiffeId.parse(token.identity),
+        profile=token.profile,
+        sans=SubjectAltNames(dns=tuple(token.dns), ips=tuple(ipaddress.ip_address(ip) for ip in token.ips)),
+        authorization=Authorization(
+            roles=tuple(token.roles), attributes=tuple(sorted(token.attributes.items()))
+        ),
+        lifetime=None
+        if token.lifetime_seconds is None
+        else datetime.timedelta(seconds=token.lifetime_seconds),
+    )
+
+
+def _hash_secret(secret: str) -> bytes:
+    if not isinstance(secret, str) or not 0 < len(secret) <= _MAX_SECRET_LENGTH:
+        raise TokenError("the token is empty, too long or not text")
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+def _check_actor(actor: str) -> None:
+    if not actor or len(actor) > _MAX_ACTOR_LENGTH:
+        raise InvalidInputError(f"the actor must be 1 to {_MAX_ACTOR_LENGTH} characters")
+
+
+def _refusal(session: Session, token_hash: bytes, now: datetime.datetime) -> TokenError:
+    """Why the conditional UPDATE matched nothing (for the log; callers see public_message)."""
+    token = find_token(session, token_hash)
+    if token is None:
+        return TokenError("no token has this secret", problem=TokenProblem.UNKNOWN)
+    if token.used_at is not None:
+        return TokenError(
+            f"token {token.token_id} was already used at {token.used_at.isoformat()} by {token.used_by}",
+            problem=TokenProblem.USED,
+            token_id=token.token_id,
+        )
+    return TokenError(
+        f"token {token.token_id} expired at {token.expires_at.isoformat()}",
+        problem=TokenProblem.EXPIRED,
+        token_id=token.token_id,
+    )
+
+
+def _asked(csr: x509.CertificateSigningRequest) -> _Asked:
+    """The names a (verified) CSR asks for, normalised; CA:true is refused as sign_csr does."""
+    try:
+        sans = SubjectAltNames.of(csr)
+        constraints = [e.value for e in csr.extensions if isinstance(e.value, x509.BasicConstraints)]
+        asked = _Asked(
+            uris=tuple(dict.fromkeys(sans.uris)),
+            dns=tuple(dict.fromkeys(normalize_dns(d) for d in sans.dns)),
+            ips=tuple(dict.fromkeys(sans.ips)),
+            emails=tuple(dict.fromkeys(normalize_email(e) for e in sans.emails)),
+        )
+    except ValueError as exc:  # cryptography's parse errors and InvalidNameError alike
+        raise InvalidCSRError(f"the CSR asks for names that cannot be issued: {exc}") from exc
+    if any(c.ca for c in constraints):
+        raise PolicyViolation(
+            "the CSR asks for CA:true: enrolment and renewal issue leaf certificates",
+            field="basic_constraints",
+        )
+    return asked
+
+
+def _within_grant(asked: _Asked, grant: TokenGrant, token_id: str) -> SubjectAltNames:
+    """The CSR's DNS names and IPs, each of which the token must grant; its URI must be the identity."""
+    for uri in asked.uris:
+        if uri != str(grant.identity):
+            # The token binds one identity: a CSR for another is someone else's request.
+            raise TokenError(
+                f"token {token_id} is for {grant.identity}; the CSR asks for {uri}",
+                problem=TokenProblem.IDENTITY,
+                token_id=token_id,
+            )
+    extra = _extra(asked, grant.sans)
+    if extra is not None:
+        kind, name = extra
+        granted = ", ".join(grant.sans.specs()) or "no names"
+        raise PolicyViolation(
+            f"the CSR asks for {kind} {name}, which token {token_id} does not grant (granted: {granted})",
+            field=_FIELD[kind],
+        )
+    return SubjectAltNames(dns=asked.dns, ips=asked.ips)
+
+
+def _within_held(asked: _Asked, identity: SpiffeId | None, held: SubjectAltNames) -> SubjectAltNames:
+    """The CSR's names, each of which the presented certificate must hold; the same identity."""
+    for uri in asked.uris:
+        if identity is None or uri != str(identity):
+            holds = f"identity {identity}" if identity is not None else "no identity"
+            raise RenewalError(f"the CSR asks for identity {uri}; the certificate presented has {holds}")
+    extra = _extra(asked, held)
+    if extra is not None:
+        kind, name = extra
+        raise RenewalError(f"the CSR asks for {kind} {name}, which the certificate presented does not have")
+    return SubjectAltNames(dns=asked.dns, ips=asked.ips, emails=asked.emails)
+
+
+_FIELD = {"DNS name": "dns", "IP address": "ip", "email address": "email"}
+
+
+def _extra(asked: _Asked, allowed: SubjectAltNames) -> tuple[str, str] | None:
+    """The first name ``asked`` has that ``allowed`` lacks: (kind, name), or None."""
+    held_dns = {normalize_dns(d) for d in allowed.dns}
+    for name in asked.dns:
+        if name not in held_dns:
+            return "DNS name", name
+    for ip in asked.ips:
+        if ip not in allowed.ips:
+            return "IP address", str(ip)
+    for email in asked.emails:
+        if email not in allowed.emails:
+            return "email address", email
+    return None
+
+
+def _capped(cap: datetime.timedelta | None, profile: Profile) -> datetime.timedelta | None:
+    """A token's lifetime cap applied to the profile's default (None: the default)."""
+    return None if cap is None or cap >= profile.default_lifetime else cap
+
+
+def _reason(row: CertificateRecord) -> str:
+    return row.revocation_reason.value if row.revocation_reason is not None else "no reason"

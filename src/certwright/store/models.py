@@ -253,3 +253,41 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(sa.String(64))
 
     __table_args__ = (sa.CheckConstraint("id = 1", name="single_row"),)
+
+
+class EnrollmentToken(Base):
+    """A one-time enrolment token: what it grants, and whether it was used.
+
+    Only the SHA-256 of the secret is stored: a copy of the database redeems nothing.
+    Single use is the database's job: redemption is one conditional ``UPDATE … WHERE
+    used_at IS NULL AND expires_at > now`` (see :mod:`certwright.store.tokens`), so of two
+    concurrent redemptions exactly one changes the row.
+    """
+
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # Public name of the token (audit, logs, API responses); never enough to redeem it.
+    token_id: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    token_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), unique=True)
+    identity: Mapped[str] = mapped_column(exact_text(IDENTITY_LENGTH))
+    profile: Mapped[str] = mapped_column(sa.String(64))
+    dns: Mapped[list[str]] = mapped_column(sa.JSON)
+    ips: Mapped[list[str]] = mapped_column(sa.JSON)
+    roles: Mapped[list[str]] = mapped_column(sa.JSON)
+    attributes: Mapped[dict[str, str]] = mapped_column(sa.JSON)
+    lifetime_seconds: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_by: Mapped[str] = mapped_column(sa.String(256))
+    created_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime())
+    used_by: Mapped[str | None] = mapped_column(sa.String(256))
+    # The certificate the redemption issued (same transaction as used_at).
+    certificate_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("certificates.id", ondelete="SET NULL")
+    )
+
+    __table_args__ = (
+        sa.CheckConstraint("(used_at IS NULL) = (used_by IS NULL)", name="use_recorded"),
+        sa.CheckConstraint("certificate_id IS NULL OR used_at IS NOT NULL", name="certificate_after_use"),
+    )

@@ -18,7 +18,15 @@ from certwright.store import SchemaOutOfDateError, Store, StoreError, head_revis
 from certwright.store.migrate import alembic_config
 from certwright.store.models import Base
 
-TABLES = {"certificates", "certificate_names", "crl_state", "audit_events", "audit_head", "alembic_version"}
+TABLES = {
+    "certificates",
+    "certificate_names",
+    "crl_state",
+    "audit_events",
+    "audit_head",
+    "enrollment_tokens",
+    "alembic_version",
+}
 
 
 def table_names(store: Store) -> set[str]:
