@@ -36,6 +36,9 @@ COMMANDS = {
     "db": "certwright.cli.inventory_cmds:db",
     "access": "certwright.cli.access_cmds:access",
     "tunnel": "certwright.cli.tunnel_cmds:tunnel",
+    "serve": "certwright.cli.serve_cmds:serve",
+    "token": "certwright.cli.token_cmds:token",
+    "enroll": "certwright.cli.enroll_cmds:enroll",
 }
 
 

@@ -1,0 +1,614 @@
+"""The CA's JSON API over HTTPS (mTLS where an endpoint needs it), versioned under ``/v1``.
+
+:func:`create_api` builds the FastAPI app from a :class:`~certwright.server.state.ServerState`;
+``certwright serve`` runs it with :mod:`certwright.mtls.uvicorn` on a context that asks
+for a client certificate but does not require one (enrolment comes without one). Who may
+call what is :mod:`certwright.server.ca_policy`; every error is an RFC 9457 problem
+document (:mod:`certwright.server.problems`); the OpenAPI document is ``/openapi.json``.
+
+=========================  ======  ==========================================================
+``POST /v1/tokens``        201     admin: a one-time enrolment token (shown once)
+``POST /v1/enroll``        201     token + CSR (PEM) -> certificate, chain (no root), serial
+``POST /v1/renew``         201     CSR, over mTLS with the current certificate -> same identity
+``POST /v1/revoke``        200     admin: any serial; holder: the certificate it presents
+``GET /v1/certificates``   200     admin: ``?limit=&cursor=&identity=&status=`` (keyset pages)
+``GET /v1/certificates/S`` 200     admin: one certificate, with its PEM
+``GET /v1/bundle``         200     the trust bundle, ``application/pem-certificate-chain``
+=========================  ======  ==========================================================
+
+Rules the handlers keep:
+
+* bodies are limited to ``config.max_body`` bytes *before* anything parses them, whether
+  sent with ``Content-Length`` or chunked (:class:`BodyLimit`): 413 problem;
+* nothing a client writes reaches issuance unless the policy or the token allows it: request
+  models refuse unknown fields (no client-chosen profile or lifetime at enrolment), renewal
+  takes the identity from the certificate presented on the connection, never from the body;
+* a certificate is returned only once its inventory row is committed (the service's
+  promise, checked again here: no row, no certificate);
+* every token, enrolment and renewal is counted and timed by outcome
+  (``Metrics.observe_issuance``), every request by route and status (``observe_http``).
+
+Example::
+
+    app = create_api(state)
+    cfg = certwright.mtls.uvicorn.config(app, ssl_context=server_context(files, require_client_cert=False),
+                                         port=8443)
+    certwright.mtls.uvicorn.MTLSServer(cfg).run()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from certwright.durations import parse_duration
+from certwright.errors import CertwrightError, InvalidCSRError, InvalidInputError
+from certwright.issuance import verify_csr
+from certwright.mtls.asgi import ASGIApp, Message, Receive, Scope, Send
+from certwright.mtls.peer import Peer
+from certwright.server.ca_policy import CAAccess, revoke_any_path
+from certwright.server.problems import PROBLEM_JSON, Problem, install, problem_for
+from certwright.server.state import ServerState
+from certwright.service.certificates import ca_key_id
+from certwright.service.enrollment import Enrolled, TokenGrant
+from certwright.store import BySerial, CertificateFilter, CertificateRecord, CertificateStatus, Cursor
+from certwright.x509.authz import Authorization
+from certwright.x509.identity import SpiffeId
+from certwright.x509.names import SubjectAltNames
+from certwright.x509.revocation_reason import parse_reason
+
+API_VERSION = "1"
+PEM_CHAIN = "application/pem-certificate-chain"
+MAX_PAGE = 1000
+# Past the limit, this much more of a body is read and thrown away before the 413, so a
+# client that writes its whole body first still reads the answer (nginx's lingering close).
+DRAIN_LIMIT = 1 << 20
+_SHA256 = hashes.SHA256()
+_UNKNOWN_PROFILE = "unknown"
+
+# -- request and response models (the OpenAPI document is generated from them) -------------
+
+
+class _In(BaseModel):
+    # An unexpected field is refused, never ignored: a client must not believe it chose a
+    # profile, a lifetime or an identity that the token or the certificate decides.
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenIn(_In):
+    identity: str = Field(max_length=2048, description="SPIFFE ID the token is bound to")
+    profile: str = Field("mtls", max_length=64)
+    dns: list[str] = Field(default_factory=list, max_length=100)
+    ips: list[str] = Field(default_factory=list, max_length=100)
+    roles: list[str] = Field(default_factory=list, max_length=100)
+    attributes: dict[str, str] = Field(default_factory=dict, max_length=100)
+    ttl: str = Field("15m", max_length=32, description="token lifetime, e.g. 15m, 1h")
+    lifetime: str | None = Field(None, max_length=32, description="cap on the certificate's lifetime")
+
+
+class TokenOut(BaseModel):
+    token: str
+    token_id: str
+    expires_at: str
+
+
+class EnrollIn(_In):
+    token: str = Field(max_length=512)
+    csr: str = Field(description="PKCS#10 request, PEM")
+
+
+class RenewIn(_In):
+    csr: str = Field(description="PKCS#10 request, PEM (the key may be new)")
+
+
+class IssuedOut(BaseModel):
+    certificate: str
+    chain: str
+    serial: str
+    not_after: str
+    identity: str | None
+
+
+class RevokeIn(_In):
+    serial: str = Field(max_length=64, description="hexadecimal")
+    reason: str = Field("unspecified", max_length=32, description="RFC 5280 reason name, e.g. keyCompromise")
+
+
+class RevokeOut(BaseModel):
+    serial: str
+    status: str
+    revoked_at: str | None
+    reason: str | None
+
+
+class CertificateOut(BaseModel):
+    serial: str
+    issuer: str
+    subject: str
+    identity: str | None
+    roles: list[str]
+    attributes: dict[str, str]
+    names: list[str]
+    profile: str | None
+    key_type: str
+    not_before: str
+    not_after: str
+    status: str
+    revoked_at: str | None
+    revocation_reason: str | None
+    fingerprint_sha256: str
+    requested_by: str
+    certificate: str | None = None
+
+
+class PageOut(BaseModel):
+    items: list[CertificateOut]
+    next_cursor: str | None
+
+
+class ProblemOut(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        s: {"model": ProblemOut, "content": {PROBLEM_JSON: {}}, "description": "problem document (RFC 9457)"}
+        for s in (*statuses, 413, 422)
+    }
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+
+def create_api(state: ServerState) -> FastAPI:
+    """The API app for ``state`` (routes, problem handlers, body limit, metrics).
+
+    Example::
+
+        app = create_api(state)
+    """
+    app = FastAPI(
+        title="certwright CA",
+        version=API_VERSION,
+        description="Enrolment, renewal and revocation of workload certificates (mTLS).",
+        docs_url=None,  # the Swagger UI loads scripts from a CDN: not on a CA
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    install(app)
+    handlers = _Handlers(state)
+    handlers.register(app)
+    app.add_middleware(BodyLimit, max_body=state.config.max_body)
+    app.add_middleware(HTTPMetrics, state=state)
+    return app
+
+
+@dataclass
+class _Outcome:
+    profile: str = _UNKNOWN_PROFILE
+
+
+class _Handlers:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.access = CAAccess(verifier=state.verifier, policy=state.policy)
+        self.issuer_key_id = ca_key_id(state.ca.intermediate)
+
+    def register(self, app: FastAPI) -> None:
+        app.post("/v1/tokens", status_code=201, response_model=TokenOut, responses=_problems(400, 401, 403))(
+            self.create_token
+        )
+        app.post("/v1/enroll", status_code=201, response_model=IssuedOut, responses=_problems(400, 403))(
+            self.enroll
+        )
+        app.post("/v1/renew", status_code=201, response_model=IssuedOut, responses=_problems(400, 401, 403))(
+            self.renew
+        )
+        app.post("/v1/revoke", response_model=RevokeOut, responses=_problems(400, 401, 403, 404, 409))(
+            self.revoke
+        )
+        app.get("/v1/certificates", response_model=PageOut, responses=_problems(400, 401, 403))(
+            self.list_certificates
+        )
+        app.get(
+            "/v1/certificates/{serial}",
+            response_model=CertificateOut,
+            responses=_problems(400, 401, 403, 404),
+        )(self.get_certificate)
+        app.get("/v1/bundle", response_class=Response, responses={200: {"content": {PEM_CHAIN: {}}}})(
+            self.bundle
+        )
+
+    # -- issuance ----------------------------------------------------------------------------
+
+    def create_token(self, body: TokenIn, request: Request) -> TokenOut:
+        """Create a one-time enrolment token (admin). The secret is shown once."""
+        with self._observed("token") as outcome:
+            peer = self.access.authorize(request.scope)
+            outcome.profile = body.profile
+            grant = self._grant(body)
+            ttl = _duration(body.ttl, "ttl")
+            created = self.state.enrollment.create_token(grant, ttl=ttl, actor=_actor(peer))
+            return TokenOut(
+                token=created.secret, token_id=created.token_id, expires_at=_iso(created.expires_at)
+            )
+
+    def enroll(self, body: EnrollIn, request: Request) -> IssuedOut:
+        """Redeem a token: the CSR's key gets a certificate for the token's identity."""
+        with self._observed("enroll") as outcome:
+            csr = _parse_csr(body.csr)
+            enrolled = self.state.enrollment.enroll(body.token, csr, actor="api:enroll")
+            return self._issued(enrolled, outcome)
+
+    def renew(self, body: RenewIn, request: Request) -> IssuedOut:
+        """A successor for the certificate presented on this connection (same identity)."""
+        with self._observed("renew") as outcome:
+            peer = self.access.authorize(request.scope)
+            csr = _parse_csr(body.csr)
+            # The identity comes from the verified certificate, never from the request.
+            enrolled = self.state.enrollment.renew(peer.certificate, csr, actor=_actor(peer))
+            return self._issued(enrolled, outcome)
+
+    def _grant(self, body: TokenIn) -> TokenGrant:
+        # The service checks the grant against the profile and the trust domain (CA
+        # profiles, names and roles the profile refuses): PolicyViolation, 403 with ``field``.
+        return TokenGrant(
+            identity=SpiffeId.parse(body.identity),
+            profile=body.profile,
+            sans=SubjectAltNames.create(dns=body.dns, ips=body.ips),
+            authorization=Authorization.create(body.roles, body.attributes),
+            lifetime=_duration(body.lifetime, "lifetime") if body.lifetime is not None else None,
+        )
+
+    def _issued(self, enrolled: Enrolled, outcome: _Outcome) -> IssuedOut:
+        certificate = enrolled.certificate
+        stored = self._stored(certificate)
+        if stored is None:
+            # Never hand out a certificate the inventory does not hold (it could not be revoked).
+            raise RuntimeError(f"issued certificate {certificate.serial_number:x} is not in the inventory")
+        profile, identity = stored
+        outcome.profile = profile or _UNKNOWN_PROFILE
+        return IssuedOut(
+            certificate=_pem(certificate),
+            chain="".join(_pem(c) for c in enrolled.chain),
+            serial=format(certificate.serial_number, "x"),
+            not_after=_iso(certificate.not_valid_after_utc),
+            identity=identity,
+        )
+
+    def _stored(self, certificate: x509.Certificate) -> tuple[str | None, str | None] | None:
+        """(profile, identity) of the committed row with this certificate's exact DER hash."""
+        record = CertificateRecord
+        query = sa.select(record.profile, record.identity).where(
+            record.fingerprint_sha256 == certificate.fingerprint(_SHA256)
+        )
+        # One indexed lookup of two columns: this runs on every enrolment and renewal.
+        with self.state.store.read() as session:
+            row = session.execute(query).first()
+        return None if row is None else (row[0], row[1])
+
+    @contextlib.contextmanager
+    def _observed(self, kind: str) -> Iterator[_Outcome]:
+        outcome = _Outcome()
+        start = time.perf_counter()
+        try:
+            yield outcome
+        except Exception as exc:
+            verdict = "refused" if problem_for(exc).status < 500 else "error"
+            self.state.metrics.observe_issuance(kind, outcome.profile, verdict, time.perf_counter() - start)
+            raise
+        self.state.metrics.observe_issuance(kind, outcome.profile, "ok", time.perf_counter() - start)
+
+    # -- revocation and the inventory -------------------------------------------------------
+
+    def revoke(self, body: RevokeIn, request: Request) -> RevokeOut:
+        """Revoke a certificate: admin any, a holder only the certificate it presents."""
+        scope = request.scope
+        peer = self.access.authorize(scope)
+        serial = _parse_serial(body.serial)
+        reason = parse_reason(body.reason)
+        any_allowed = self.access.decide(scope, peer, method="POST", path=revoke_any_path(serial)).allowed
+        if not any_allowed and serial != peer.serial:
+            raise _not_holder(serial)
+        record = self.state.certificates.get(serial, issuer_key_id=self.issuer_key_id)
+        if record is None:
+            raise _unknown(serial)
+        if not any_allowed and bytes(record.fingerprint_sha256) != bytes.fromhex(peer.fingerprint):
+            raise _not_holder(serial)  # same serial, another certificate (another issuer's?)
+        if record.status is CertificateStatus.REVOKED:
+            raise _already_revoked(serial)
+        revocation = dataclasses.replace(self.state.revocation, actor=_actor(peer))
+        try:
+            changed = revocation.revoke(BySerial(serial, self.issuer_key_id), reason)
+        except CertwrightError as exc:
+            if type(exc) is CertwrightError:  # the service's "already revoked": a concurrent request won
+                raise _already_revoked(serial) from exc
+            raise
+        for ref in changed:
+            self.state.ocsp.invalidate(ref.serial)  # this replica's cached "good" must go now
+        updated = self.state.certificates.get(serial, issuer_key_id=self.issuer_key_id)
+        assert updated is not None
+        return RevokeOut(
+            serial=updated.serial_hex,
+            status=updated.status.value,
+            revoked_at=_iso(updated.revoked_at) if updated.revoked_at else None,
+            reason=updated.revocation_reason.value if updated.revocation_reason else None,
+        )
+
+    def list_certificates(
+        self,
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        identity: Annotated[
+            str | None, Query(max_length=2048, description="SPIFFE ID or glob (* within a segment)")
+        ] = None,
+        status: Literal["good", "revoked", "on_hold", "expired"] | None = None,
+    ) -> PageOut:
+        """One page of the inventory (admin), by expiry; pass ``next_cursor`` for the next."""
+        self.access.authorize(request.scope)
+        where = CertificateFilter(
+            status=CertificateStatus(status) if status not in (None, "expired") else None,
+            expired=True if status == "expired" else (False if status == "good" else None),
+            identity_glob=identity,
+        )
+        after = Cursor.decode(cursor) if cursor else None
+        page = self.state.certificates.list(where, limit=limit, after=after)
+        return PageOut(
+            items=[_certificate_out(r) for r in page.items],
+            next_cursor=page.next_cursor.encode() if page.next_cursor else None,
+        )
+
+    def get_certificate(self, serial: str, request: Request) -> CertificateOut:
+        """One certificate of the inventory (admin), with its PEM."""
+        self.access.authorize(request.scope)
+        number = _parse_serial(serial)
+        record = self.state.certificates.get(number, issuer_key_id=self.issuer_key_id)
+        if record is None:
+            record = self.state.certificates.get(number)  # imported or the CA's own: any issuer
+        if record is None:
+            raise _unknown(number)
+        out = _certificate_out(record)
+        out.certificate = _pem(x509.load_der_x509_certificate(record.der))
+        return out
+
+    def bundle(self) -> Response:
+        """The trust bundle relying parties install (the roots; old and new during a rotation)."""
+        pem = "".join(_pem(c) for c in self.state.verifier.anchors)
+        return Response(pem, media_type=PEM_CHAIN)
+
+
+# -- ASGI middleware -------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """Refuses request bodies over ``max_body`` bytes with 413, before the app reads them.
+
+    The whole body (at most ``max_body`` bytes) is read first and replayed to the app, so
+    the count holds for ``Content-Length`` and chunked bodies alike, and no parser ever sees
+    a byte past the limit. A declared length over the limit is refused without reading.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body: int) -> None:
+        if max_body < 1:
+            raise ValueError("max_body must be positive")
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body:
+            if declared <= self.max_body + DRAIN_LIMIT:
+                await _drain(receive, DRAIN_LIMIT + self.max_body)
+            await self._too_large(send)
+            return
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client is gone: nobody to answer
+            chunk = bytes(message.get("body", b""))
+            total += len(chunk)
+            if total > self.max_body:
+                if message.get("more_body", False):
+                    await _drain(receive, DRAIN_LIMIT)
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send) -> None:
+        problem = Problem(
+            413,
+            "body-too-large",
+            "Request body too large",
+            f"the request body is larger than {self.max_body} bytes",
+            headers={"Connection": "close"},
+        )
+        response = problem.response()
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+class HTTPMetrics:
+    """Counts and times every request by route template and status (listener ``api``)."""
+
+    def __init__(self, app: ASGIApp, *, state: ServerState) -> None:
+        self.app = app
+        self.metrics = state.metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            self.metrics.observe_http(
+                "api",
+                str(scope.get("method", "")),
+                route if isinstance(route, str) else "other",
+                status,
+                time.perf_counter() - start,
+            )
+
+
+async def _drain(receive: Receive, limit: int) -> None:
+    """Read and discard up to ``limit`` more body bytes (the client may still be writing)."""
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            text = bytes(value).strip()
+            # The HTTP parser already refused a malformed length; be strict anyway.
+            return int(text) if text.isdigit() else None
+    return None
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _parse_csr(text: str) -> x509.CertificateSigningRequest:
+    data = text.encode("utf-8", "replace")
+    if b"-----BEGIN CERTIFICATE REQUEST-----" not in data:
+        raise InvalidCSRError(
+            "csr must be a PEM certificate signing request (-----BEGIN CERTIFICATE REQUEST-----)"
+        )
+    try:
+        csr = x509.load_pem_x509_csr(data)
+    except ValueError as exc:
+        raise InvalidCSRError(f"csr is not a valid certificate signing request: {exc}") from None
+    # RFC 2986 3: proof of possession; refused here before any database work.
+    return verify_csr(csr).csr
+
+
+def _parse_serial(text: str) -> int:
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    if not cleaned or len(cleaned) > 40 or any(c not in "0123456789abcdef" for c in cleaned):
+        raise InvalidInputError(
+            f"serial {text[:64]!r} is not a hexadecimal serial number (at most 20 octets)"
+        )
+    value = int(cleaned, 16)
+    if value <= 0:
+        raise InvalidInputError("a serial number is positive (RFC 5280 4.1.2.2)")
+    return value
+
+
+def _duration(text: str, name: str) -> datetime.timedelta:
+    try:
+        return parse_duration(text)
+    except OverflowError:
+        raise InvalidInputError(f"{name} {text!r} is too long") from None
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{name}: {exc}") from None
+
+
+def _actor(peer: Peer) -> str:
+    return f"api:{peer.identity}" if peer.identity else f"api:sha256:{peer.fingerprint[:16]}"
+
+
+def _pem(certificate: x509.Certificate) -> str:
+    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _iso(value: datetime.datetime) -> str:
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _certificate_out(record: CertificateRecord) -> CertificateOut:
+    now = datetime.datetime.now(datetime.UTC)
+    status = record.status.value
+    if record.status is CertificateStatus.GOOD and record.is_expired(now):
+        status = "expired"
+    return CertificateOut(
+        serial=record.serial_hex,
+        issuer=record.issuer,
+        subject=record.subject,
+        identity=record.identity,
+        roles=list(record.roles or ()),
+        attributes=dict(record.attributes or {}),
+        names=_names(record),
+        profile=record.profile,
+        key_type=record.key_type,
+        not_before=_iso(record.not_before),
+        not_after=_iso(record.not_after),
+        status=status,
+        revoked_at=_iso(record.revoked_at) if record.revoked_at else None,
+        revocation_reason=record.revocation_reason.value if record.revocation_reason else None,
+        fingerprint_sha256=bytes(record.fingerprint_sha256).hex(),
+        requested_by=record.requested_by,
+    )
+
+
+def _names(record: CertificateRecord) -> list[str]:
+    names: Sequence[Any] = record.names
+    return [f"{n.kind.value}:{n.value}" for n in names]
+
+
+def _unknown(serial: int) -> Problem:
+    return Problem(
+        404, "certificate-not-found", "Certificate not found", f"no certificate with serial {serial:x}"
+    )
+
+
+def _already_revoked(serial: int) -> Problem:
+    return Problem(409, "already-revoked", "Already revoked", f"certificate {serial:x} is already revoked")
+
+
+def _not_holder(serial: int) -> Problem:
+    return Problem(
+        403,
+        "access-denied",
+        "Access denied",
+        f"a holder may revoke only the certificate it presents, not {serial:x}",
+    )

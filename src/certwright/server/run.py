@@ -1,0 +1,314 @@
+"""Run ``certwright serve``: the HTTPS API and the plain-HTTP listener in one process, one loop.
+
+* HTTPS (``listen``): :func:`certwright.server.api.create_api`, served by uvicorn through
+  :mod:`certwright.mtls.uvicorn` (its ``config`` and ``tls_protocol`` adapter hand the
+  client certificate to the app). The client certificate is *optional* at the handshake:
+  a workload enrolling has none yet; the endpoints that need one refuse without it.
+* plain HTTP (``http_listen``): :func:`certwright.server.public.create_public_app` (CRL,
+  OCSP, ``/healthz``, ``/metrics``), where the standards want plain HTTP (RFC 5280 4.2.1.13,
+  RFC 6960 A.1: a relying party must not need TLS to learn about revocation).
+
+Both sockets are bound before anything else (:func:`bind`), so ``port=0`` works and the
+real ports go into the URLs. SIGTERM or SIGINT stops both: no new connections, requests in
+flight finish (at most ``shutdown_timeout`` seconds), then the process exits 0; a second
+signal stops at once. uvicorn's own signal capture is off: with two servers in one loop
+each would install its handler over the other's, so this module owns the signals.
+
+Example::
+
+    sockets = bind(config.listen), bind(config.http_listen)
+    prepared = bootstrap.prepare(config.with_bound(...), passphrase, hooks)
+    run(prepared, sockets, on_ready=print)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import socket
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from typing import Any
+
+import uvicorn
+from cryptography import x509
+
+from certwright.clock import Clock, SystemClock
+from certwright.errors import VerificationError
+from certwright.mtls import uvicorn as mtls_uvicorn
+from certwright.mtls.context import server_context
+from certwright.mtls.peer import PeerVerifier
+from certwright.mtls.policy_source import PolicySource
+from certwright.revocation.entries import CertStatus
+from certwright.revocation.ocsp import OCSPResponder
+from certwright.revocation.responder import responder_needs_rotation
+from certwright.server.bootstrap import Prepared, renew_due
+from certwright.server.config import Address, format_address
+from certwright.server.state import ServerState
+from certwright.service import CertificateService, RevocationService, StoreStatusSource
+from certwright.service.certificates import ca_key_id
+from certwright.service.enrollment import EnrollmentService
+from certwright.store import Store
+
+_log = logging.getLogger("certwright.server")
+ACTOR = "certwright-serve"
+
+
+def bind(address: Address) -> socket.socket:
+    """A TCP socket bound to ``address`` (not yet listening): the port is known at once.
+
+    IPPROTO_TCP rather than 0, as in :mod:`certwright.mtls.uvicorn`: asyncio sets
+    TCP_NODELAY on accepted connections only when the listening socket says it is TCP.
+    Raises ``OSError`` (address in use, permission denied) for the caller to report.
+    """
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bound_address(sock: socket.socket) -> Address:
+    host, port = sock.getsockname()[:2]
+    return str(host), int(port)
+
+
+class InventoryRevocation:
+    """Revocation of client certificates read from the inventory (the verifier's ``crl``).
+
+    The CA's own clients are checked against the database, not a CRL file: a revocation
+    is refused on the next request, whichever replica recorded it. A certificate the
+    inventory does not know (not issued by this CA's intermediate) is refused too.
+    """
+
+    def __init__(self, store: Store, issuer: x509.Certificate) -> None:
+        self._key_id = ca_key_id(issuer)
+        self._source = StoreStatusSource(store, self._key_id)
+
+    def check(self, certificate: x509.Certificate) -> None:
+        try:
+            aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            aki = None
+        if aki is None or aki.key_identifier != self._key_id:
+            raise VerificationError("the certificate was not issued by this CA's issuing certificate")
+        status = self._source.lookup(certificate.serial_number)
+        if status is None:
+            raise VerificationError(f"certificate {certificate.serial_number:x} is not in the inventory")
+        if status.status is not CertStatus.GOOD:
+            raise VerificationError(f"certificate {certificate.serial_number:x} is revoked")
+
+
+def build_state(prepared: Prepared, *, clock: Clock | None = None) -> ServerState:
+    """The shared state of both apps, from a prepared data directory."""
+    from certwright.server.metrics import Metrics  # prometheus-client: only the server needs it
+
+    clock = clock or SystemClock()
+    ca, store, config = prepared.ca, prepared.store, prepared.config
+    authority = ca.require_authority()
+    oid = ca.settings.extension_oid
+    responder_cert, responder_key = prepared.responder
+    return ServerState(
+        config=config,
+        ca=ca,
+        store=store,
+        certificates=CertificateService(
+            store=store, authority=authority, extension_oid=oid, clock=clock, actor=ACTOR
+        ),
+        revocation=RevocationService(store=store, issuer=ca.intermediate, clock=clock, actor=ACTOR),
+        enrollment=EnrollmentService(
+            store=store, authority=authority, profiles=ca.profiles, extension_oid=oid, clock=clock
+        ),
+        ocsp=OCSPResponder(
+            issuer=ca.intermediate,
+            responder=responder_cert,
+            responder_key=responder_key,
+            source=StoreStatusSource(store, ca_key_id(ca.intermediate)),
+            clock=clock,
+            validity=config.ocsp_validity,
+            refresh_before=config.ocsp_refresh_before,
+        ),
+        verifier=PeerVerifier(
+            prepared.bundle,
+            crl=InventoryRevocation(store, ca.intermediate),
+            trust_domain=ca.settings.trust_domain,
+            extension_oid=oid,
+            clock=clock,
+        ),
+        policy=PolicySource(prepared.policy),
+        metrics=Metrics(profiles=ca.profiles),
+    )
+
+
+class Listener(uvicorn.Server):
+    """One uvicorn server on a socket bound beforehand; signals are left to :func:`run`."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket, *, scheme: str, what: str) -> None:
+        super().__init__(config)
+        self.socket = sock
+        self.address = bound_address(sock)
+        self.scheme = scheme
+        self.what = what
+        self.ready = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{format_address(self.address)}"
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # run() installs one handler for both listeners
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.ready.set()
+
+    async def serve_bound(self) -> None:
+        try:
+            await self.serve(sockets=[self.socket])
+        except SystemExit as exc:
+            # uvicorn exits the process when an app's lifespan startup fails: report instead.
+            raise RuntimeError(f"the {self.what} listener failed to start (uvicorn exit {exc.code})") from exc
+        finally:
+            self.ready.set()  # wake start-up waiters whatever happened
+
+
+def listeners(state: ServerState, prepared: Prepared, sockets: Sequence[socket.socket]) -> list[Listener]:
+    """The HTTPS API and plain-HTTP listeners over ``state``, on the two bound sockets."""
+    from certwright.server.api import create_api
+    from certwright.server.public import create_public_app
+
+    config = prepared.config
+    common: dict[str, Any] = {
+        "access_log": config.access_log,
+        "log_level": config.log_level,
+        "timeout_graceful_shutdown": config.shutdown_timeout,
+        "server_header": False,
+    }
+    api_socket, public_socket = sockets
+    api_config = mtls_uvicorn.config(
+        create_api(state),
+        ssl_context=server_context(prepared.tls, require_client_cert=False),
+        host=bound_address(api_socket)[0],
+        port=bound_address(api_socket)[1],
+        **common,
+    )
+    public_app = create_public_app(state, crl_validity=config.crl_validity)
+    public_config = uvicorn.Config(
+        public_app,
+        host=bound_address(public_socket)[0],
+        port=bound_address(public_socket)[1],
+        proxy_headers=False,  # the peer's address is the connection's, never a header's
+        **common,
+    )
+    public_config.load()
+    return [
+        Listener(api_config, api_socket, scheme="https", what="API"),
+        Listener(public_config, public_socket, scheme="http", what="public"),
+    ]
+
+
+def run(
+    prepared: Prepared,
+    sockets: Sequence[socket.socket],
+    *,
+    on_ready: Callable[[list[Listener]], None] | None = None,
+    clock: Clock | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; ``on_ready`` is called once both listeners accept.
+
+    Raises when a listener cannot start or stops on its own (the caller exits non-zero).
+    """
+    state = build_state(prepared, clock=clock)
+    servers = listeners(state, prepared, sockets)
+    factory = servers[0].config.get_loop_factory()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_serve(servers, on_ready, lambda: _maintain(prepared, clock or SystemClock())))
+
+
+async def _maintain(prepared: Prepared, clock: Clock) -> None:
+    """Keep the server's own certificates fresh while it runs (renewed at two thirds).
+
+    The server certificate's files are rewritten and the TLS context loads them for new
+    handshakes by itself. The OCSP responder's certificate is part of the responder the
+    public app holds: it is rotated on the next start, which this asks for in the log.
+    """
+    interval = prepared.config.renew_check.total_seconds()
+    warned = False
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            issued = await asyncio.to_thread(renew_due, prepared, clock=clock)
+        except Exception:  # a database hiccup must not stop the server: try again next time
+            _log.exception("cannot renew the server's own certificates; trying again in %s s", interval)
+            continue
+        if issued:
+            _log.info("issued anew: %s", ", ".join(issued))
+        responder = prepared.responder[0]
+        if not warned and responder_needs_rotation(responder, clock.now()):
+            warned = True
+            _log.warning(
+                "the OCSP responder certificate expires %s: restart certwright serve to rotate it",
+                responder.not_valid_after_utc.isoformat(),
+            )
+
+
+async def _serve(
+    servers: list[Listener],
+    on_ready: Callable[[list[Listener]], None] | None,
+    maintain: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    stopping: list[int] = []
+
+    def stop(signum: int) -> None:
+        if stopping:  # a second signal: do not wait for the requests in flight
+            _log.warning("second signal: stopping now")
+            for server in servers:
+                server.force_exit = True
+        stopping.append(signum)
+        for server in servers:
+            server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
+    tasks = [loop.create_task(s.serve_bound(), name=f"certwright-{s.what}") for s in servers]
+    maintenance: asyncio.Task[None] | None = None
+    try:
+        ready = [loop.create_task(s.ready.wait()) for s in servers]
+        await asyncio.wait(ready)
+        if all(s.started for s in servers) and not any(t.done() for t in tasks):
+            if on_ready is not None:
+                on_ready(servers)
+            if maintain is not None:
+                maintenance = loop.create_task(maintain(), name="certwright-maintenance")
+            # Start-up objects (apps, contexts, the CA) live as long as the process: keep the
+            # collector from walking them again and again (and pages shared after a fork).
+            gc.collect()
+            gc.freeze()
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:  # one stopped (a signal, or a failure): stop the other too
+            server.should_exit = True
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        if maintenance is not None:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    if not stopping:
+        raise RuntimeError("a listener stopped on its own; see the log above")
