@@ -39,6 +39,7 @@ COMMANDS = {
     "serve": "certwright.cli.serve_cmds:serve",
     "token": "certwright.cli.token_cmds:token",
     "enroll": "certwright.cli.enroll_cmds:enroll",
+    "agent": "certwright.cli.agent_cmds:agent",
 }
 
 
