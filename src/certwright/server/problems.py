@@ -133,10 +133,13 @@ class Problem(Exception):
             "detail": self.detail,
         }
 
+    def body(self) -> bytes:
+        """The document as JSON bytes (what :meth:`response` carries)."""
+        return json.dumps(self.document(), ensure_ascii=False, separators=(",", ":")).encode()
+
     def response(self) -> Response:
         """An ``application/problem+json`` response carrying the document."""
-        body = json.dumps(self.document(), ensure_ascii=False, separators=(",", ":")).encode()
-        return Response(body, status_code=self.status, media_type=PROBLEM_JSON, headers=self.headers)
+        return Response(self.body(), status_code=self.status, media_type=PROBLEM_JSON, headers=self.headers)
 
 
 def problem_for(error: BaseException) -> Problem:

@@ -54,16 +54,19 @@ from certwright.clock import Clock, SystemClock
 from certwright.errors import CertwrightError, InvalidCSRError, InvalidInputError, PolicyViolation
 from certwright.issuance import Authority, verify_csr
 from certwright.service.certificates import _details
-from certwright.store import (
-    AuditKind,
-    CertificateRecord,
-    CertificateStatus,
-    Store,
-    add_certificate,
-    append_event,
-)
+from certwright.store import AuditKind, CertificateStatus, Store
+from certwright.store.bulk import EventSpec, add_certificate_row, append_events
 from certwright.store.models import EnrollmentToken
-from certwright.store.tokens import add_token, find_token, lock_certificate, redeem_token
+from certwright.store.records import certificate_fields
+from certwright.store.tokens import (
+    HeldCertificate,
+    RedeemedToken,
+    find_token,
+    insert_token,
+    link_certificate,
+    lock_held,
+    redeem,
+)
 from certwright.x509.authz import DEFAULT_OID, Authorization
 from certwright.x509.identity import SpiffeId
 from certwright.x509.names import IPAddress, SubjectAltNames, normalize_dns, normalize_email
@@ -174,6 +177,8 @@ class EnrollmentService:
     profiles: dict[str, Profile]
     extension_oid: str = DEFAULT_OID
     clock: Clock = field(default_factory=SystemClock)
+    # What never changes for one authority, computed once (see _issuer).
+    _issuer_facts: _IssuerFacts | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.extension_oid != self.authority.settings.extension_oid:
@@ -202,7 +207,7 @@ class EnrollmentService:
         expires_at = now + ttl
         lifetime = None if grant.lifetime is None else int(grant.lifetime.total_seconds())
         with self.store.write() as session:
-            add_token(
+            insert_token(
                 session,
                 token_id=token_id,
                 token_hash=_hash_secret(secret),
@@ -229,14 +234,7 @@ class EnrollmentService:
                 "lifetime_seconds": lifetime,
                 "expires_at": expires_at.isoformat(),
             }
-            append_event(
-                session,
-                kind=AuditKind.TOKEN,
-                actor=actor,
-                at=now,
-                subject=f"token:{token_id}",
-                details=details,
-            )
+            append_event(session, EventSpec(AuditKind.TOKEN, actor, now, f"token:{token_id}", details))
         return CreatedToken(secret=secret, token_id=token_id, grant=grant, expires_at=expires_at)
 
     def _checked_grant(self, grant: TokenGrant) -> TokenGrant:
@@ -285,7 +283,7 @@ class EnrollmentService:
         token_hash = _hash_secret(secret)
         now = self.clock.now()
         with self.store.write() as session:
-            token = redeem_token(session, token_hash, at=now, by=actor)
+            token = redeem(session, token_hash, at=now, by=actor)
             if token is None:
                 raise _refusal(session, token_hash, now)
             grant = grant_of(token)
@@ -299,16 +297,16 @@ class EnrollmentService:
                 authorization=grant.authorization,
                 lifetime=_capped(grant.lifetime, profile),
             )
-            record = self._record(
+            self._record(
                 session,
                 certificate,
                 profile=profile.name,
                 actor=actor,
                 at=now,
                 extra={"token_id": token.token_id},
+                token_pk=token.id,
             )
-            token.certificate_id = record.id
-        return Enrolled(certificate=certificate, chain=self.authority.chain_for_leaf())
+        return Enrolled(certificate=certificate, chain=self._issuer().chain)
 
     def _profile(self, name: str, *, what: str) -> Profile:
         profile = self.profiles.get(name)
@@ -338,7 +336,7 @@ class EnrollmentService:
         fingerprint = presented.fingerprint(_SHA256)
         now = self.clock.now()
         with self.store.write() as session:
-            row, profile = self._renewable(lock_certificate(session, fingerprint), now)
+            row, profile = self._renewable(lock_held(session, fingerprint), now)
             identity = SpiffeId.parse(row.identity) if row.identity is not None else None
             sans = _within_held(asked, identity, SubjectAltNames.of(presented))
             certificate = self.authority.issue(
@@ -356,11 +354,11 @@ class EnrollmentService:
                 at=now,
                 extra={"renewed_from": row.serial_hex},
             )
-        return Enrolled(certificate=certificate, chain=self.authority.chain_for_leaf())
+        return Enrolled(certificate=certificate, chain=self._issuer().chain)
 
     def _renewable(
-        self, row: CertificateRecord | None, now: datetime.datetime
-    ) -> tuple[CertificateRecord, Profile]:
+        self, row: HeldCertificate | None, now: datetime.datetime
+    ) -> tuple[HeldCertificate, Profile]:
         """The row and the profile to renew it under, or the reason it may not renew."""
         if row is None:
             # Chained to our roots but not in the inventory: issued elsewhere (or the
@@ -392,28 +390,57 @@ class EnrollmentService:
         actor: str,
         at: datetime.datetime,
         extra: Mapping[str, Any],
-    ) -> CertificateRecord:
-        """The row and the ``issued`` event (what CertificateService records, plus ``extra``)."""
-        record = add_certificate(
-            session,
+        token_pk: int | None = None,
+    ) -> None:
+        """The row, the token's link to it, and the ``issued`` event (what CertificateService
+        records, plus ``extra``).
+
+        Core inserts, no ORM object: the row is derived from the certificate itself, the
+        same row :func:`~certwright.store.add_certificate` stores. The event goes last: on
+        PostgreSQL it locks the audit head until the commit.
+        """
+        fields, names = certificate_fields(
             certificate,
             profile=profile,
             requested_by=actor,
             created_at=at,
             extension_oid=self.extension_oid,
+            issuer_key_id=self._issuer().key_id,
         )
-        append_event(
-            session,
-            kind=AuditKind.ISSUED,
-            actor=actor,
-            at=at,
-            subject=record.serial_hex,
-            details={**_details(record, profile), **extra},
+        certificate_pk = add_certificate_row(session, (fields, names))
+        if token_pk is not None:
+            link_certificate(session, token_pk, certificate_pk)
+        event = EventSpec(
+            AuditKind.ISSUED,
+            actor,
+            at,
+            format(certificate.serial_number, "x"),
+            {**_details(fields, profile), **extra},
         )
-        return record
+        append_event(session, event)
+
+    def _issuer(self) -> _IssuerFacts:
+        """The authority's key id and leaf chain, computed once per authority."""
+        facts = self._issuer_facts
+        if facts is None or facts.authority is not self.authority:
+            authority = self.authority
+            facts = _IssuerFacts(authority, authority.key_identifier, authority.chain_for_leaf())
+            self._issuer_facts = facts
+        return facts
 
 
-def grant_of(token: EnrollmentToken) -> TokenGrant:
+class _IssuerFacts(NamedTuple):
+    authority: Authority
+    key_id: bytes
+    chain: tuple[x509.Certificate, ...]
+
+
+def append_event(session: Session, event: EventSpec) -> None:
+    """Append one audit event: Core statements, the chain's head row held until the commit."""
+    append_events(session, [event])
+
+
+def grant_of(token: EnrollmentToken | RedeemedToken) -> TokenGrant:
     """The grant a stored token carries."""
     return TokenGrant(
         identity=SpiffeId.parse(token.identity),
@@ -535,5 +562,5 @@ def _capped(cap: datetime.timedelta | None, profile: Profile) -> datetime.timede
     return None if cap is None or cap >= profile.default_lifetime else cap
 
 
-def _reason(row: CertificateRecord) -> str:
+def _reason(row: HeldCertificate) -> str:
     return row.revocation_reason.value if row.revocation_reason is not None else "no reason"
