@@ -406,6 +406,30 @@ class Authority:
         addresses and email addresses. Raises :class:`PolicyViolation` with the reason
         when the profile does not allow the request.
         """
+        return self.issue_issued(
+            public_key,
+            profile=profile,
+            identity=identity,
+            sans=sans,
+            authorization=authorization,
+            subject=subject,
+            lifetime=lifetime,
+        ).certificate
+
+    def issue_issued(
+        self,
+        public_key: PublicKey,
+        *,
+        profile: Profile,
+        identity: SpiffeId | None = None,
+        sans: SubjectAltNames | None = None,
+        authorization: Authorization | None = None,
+        subject: x509.Name | str | None = None,
+        lifetime: datetime.timedelta | None = None,
+    ) -> Issued:
+        """:meth:`issue`, returning the DER and its facts (:class:`Issued`): for callers that
+        record what they issue (the inventory's row is built from the facts, ~25 us,
+        instead of from the parsed certificate, ~100 us)."""
         return self._issue(
             _subject_key(public_key),
             profile=profile,
@@ -414,7 +438,7 @@ class Authority:
             authorization=authorization,
             subject=subject,
             lifetime=lifetime,
-        ).certificate
+        )
 
     def _issue(
         self,

@@ -224,8 +224,8 @@ def tls_protocol(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
         return made
 
     def connection_made(self: Any, transport: asyncio.BaseTransport) -> None:
-        if isinstance(transport, asyncio.Transport):
-            transport = _CoalescingTransport(transport)
+        if isinstance(transport, asyncio.Transport) and not isinstance(transport, _CoalescingTransport):
+            transport = _CoalescingTransport(transport)  # (a WebSocket upgrade passes it on)
         base.connection_made(self, transport)
         tls = tls_extension(transport)
         if tls is not None:

@@ -52,12 +52,12 @@ from sqlalchemy.orm import Session
 
 from certwright.clock import Clock, SystemClock
 from certwright.errors import CertwrightError, InvalidCSRError, InvalidInputError, PolicyViolation
-from certwright.issuance import Authority, verify_csr
+from certwright.issuance import Authority, Issued, verify_csr
 from certwright.service.certificates import _details
 from certwright.store import AuditKind, CertificateStatus, Store
 from certwright.store.bulk import EventSpec, add_certificate_row, append_events
 from certwright.store.models import EnrollmentToken
-from certwright.store.records import certificate_fields
+from certwright.store.records import issued_fields
 from certwright.store.tokens import (
     HeldCertificate,
     RedeemedToken,
@@ -289,7 +289,7 @@ class EnrollmentService:
             grant = grant_of(token)
             profile = self._profile(grant.profile, what=f"token {token.token_id}")
             sans = _within_grant(asked, grant, token.token_id)
-            certificate = self.authority.issue(
+            issued = self.authority.issue_issued(
                 verified.csr.public_key(),
                 profile=profile,
                 identity=grant.identity,
@@ -297,9 +297,9 @@ class EnrollmentService:
                 authorization=grant.authorization,
                 lifetime=_capped(grant.lifetime, profile),
             )
-            self._record(
+            certificate = self._record(
                 session,
-                certificate,
+                issued,
                 profile=profile.name,
                 actor=actor,
                 at=now,
@@ -339,16 +339,16 @@ class EnrollmentService:
             row, profile = self._renewable(lock_held(session, fingerprint), now)
             identity = SpiffeId.parse(row.identity) if row.identity is not None else None
             sans = _within_held(asked, identity, SubjectAltNames.of(presented))
-            certificate = self.authority.issue(
+            issued = self.authority.issue_issued(
                 verified.csr.public_key(),
                 profile=profile,
                 identity=identity,
                 sans=sans,
                 authorization=Authorization.from_certificate(presented, self.extension_oid),
             )
-            self._record(
+            certificate = self._record(
                 session,
-                certificate,
+                issued,
                 profile=profile.name,
                 actor=actor,
                 at=now,
@@ -384,28 +384,30 @@ class EnrollmentService:
     def _record(
         self,
         session: Session,
-        certificate: x509.Certificate,
+        issued: Issued,
         *,
         profile: str,
         actor: str,
         at: datetime.datetime,
         extra: Mapping[str, Any],
         token_pk: int | None = None,
-    ) -> None:
+    ) -> x509.Certificate:
         """The row, the token's link to it, and the ``issued`` event (what CertificateService
         records, plus ``extra``).
 
-        Core inserts, no ORM object: the row is derived from the certificate itself, the
-        same row :func:`~certwright.store.add_certificate` stores. The event goes last: on
-        PostgreSQL it locks the audit head until the commit.
+        Core inserts, no ORM object: the row is built from the facts the certificate was
+        encoded from (:func:`~certwright.store.records.issued_fields`, held equal to the
+        parsed certificate's row by the tests). The event goes last: on PostgreSQL it locks
+        the audit head until the commit. Returns the certificate.
         """
-        fields, names = certificate_fields(
-            certificate,
+        issuer = self._issuer()
+        fields, names = issued_fields(
+            issued,
+            issuer=issuer.subject,
+            issuer_key_id=issuer.key_id,
             profile=profile,
             requested_by=actor,
             created_at=at,
-            extension_oid=self.extension_oid,
-            issuer_key_id=self._issuer().key_id,
         )
         certificate_pk = add_certificate_row(session, (fields, names))
         if token_pk is not None:
@@ -414,17 +416,23 @@ class EnrollmentService:
             AuditKind.ISSUED,
             actor,
             at,
-            format(certificate.serial_number, "x"),
+            format(issued.serial, "x"),
             {**_details(fields, profile), **extra},
         )
         append_event(session, event)
+        return issued.certificate
 
     def _issuer(self) -> _IssuerFacts:
         """The authority's key id and leaf chain, computed once per authority."""
         facts = self._issuer_facts
         if facts is None or facts.authority is not self.authority:
             authority = self.authority
-            facts = _IssuerFacts(authority, authority.key_identifier, authority.chain_for_leaf())
+            facts = _IssuerFacts(
+                authority,
+                authority.key_identifier,
+                authority.chain_for_leaf(),
+                authority.certificate.subject.rfc4514_string(),
+            )
             self._issuer_facts = facts
         return facts
 
@@ -433,6 +441,7 @@ class _IssuerFacts(NamedTuple):
     authority: Authority
     key_id: bytes
     chain: tuple[x509.Certificate, ...]
+    subject: str  # RFC 4514, as the inventory files the issuer
 
 
 def append_event(session: Session, event: EventSpec) -> None:

@@ -1,9 +1,11 @@
-"""Recording many certificates in one transaction: batch signing's write path.
+"""Recording certificates without the ORM: batch signing's and the request path's writes.
 
 The one-row functions of :mod:`~certwright.store.repository` and
 :mod:`~certwright.store.audit` flush and lock per row (~2 ms a certificate on SQLite); a
 batch of 10^4 certificates goes through Core ``executemany`` inserts instead, with the
-audit chain computed in Python and the head row locked and moved once.
+audit chain computed in Python and the head row locked and moved once. Enrolment and
+renewal (one certificate, one event per request) use the same writers, and
+:class:`Prepared` statements, to stay under a millisecond.
 
 Example::
 
@@ -133,7 +135,9 @@ def _run(
         cursor = driver.executemany(sql, params) if many else driver.execute(sql, params)
         return cursor.fetchall() if cursor.description is not None else None
     except base_error as error:
-        raise exc.DBAPIError.instance(sql, params, error, base_error, dialect=connection.dialect) from error
+        raise exc.DBAPIError.instance(
+            sql, params, error, base_error, dialect=connection.dialect, ismulti=many
+        ) from error
 
 
 class Prepared:
@@ -253,22 +257,11 @@ def allocate_ids(session: Session, table: sa.Table, count: int) -> list[int]:
     """
     if count <= 0:
         return []
-    # The Connection, not the Session: these are Core statements (no ORM processing), and
-    # an enrolment runs one per request.
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        rows = connection.execute(_NEXT_IDS, {"table": table.name, "n": count})
-        return [int(ident) for (ident,) in rows]
-    top = connection.execute(_max_id(table)).scalar() or 0
+    if session.get_bind().dialect.name == "postgresql":
+        query = sa.text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)")
+        return [int(ident) for (ident,) in session.execute(query, {"table": table.name, "n": count})]
+    top = session.execute(sa.select(sa.func.max(table.c.id))).scalar() or 0
     return list(range(top + 1, top + 1 + count))
-
-
-_NEXT_IDS = sa.text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)")
-
-
-@functools.lru_cache(maxsize=16)
-def _max_id(table: sa.Table) -> sa.Select[tuple[Any]]:
-    return sa.select(sa.func.max(table.c.id))
 
 
 def _processor(column_type: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> Callable[[Any], Any] | None:
@@ -381,7 +374,27 @@ def add_certificates(session: Session, rows: Sequence[Row | EncodedRow]) -> None
     when any (issuer, serial) or fingerprint is already stored; the transaction must then
     be rolled back (nothing of it is kept).
     """
-    _insert_certificates(session, rows)
+    if not rows:
+        return
+    encoders = encoders_for(session.get_bind().dialect)
+    encoded = [row if isinstance(row, EncodedRow) else encode_row(encoders, row) for row in rows]
+    # Keys are chosen here, not by the insert, so the names can point at their certificate
+    # without reading the new ids back.
+    ids = allocate_ids(session, _table(CertificateRecord), len(encoded))
+    try:
+        encoders.certificates.insert(session, [row.params for row in encoded], ids=ids)
+    except exc.IntegrityError as error:
+        raise DuplicateCertificateError(
+            "a certificate of the batch (same issuer and serial, or same fingerprint) is already "
+            "in the inventory"
+        ) from error
+    encode_name = encoders.names.encode
+    names = [
+        encode_name({"certificate_id": ident, "kind": kind, "value": value})
+        for ident, row in zip(ids, encoded, strict=True)
+        for kind, value in row.names
+    ]
+    encoders.names.insert(session, names)
 
 
 def add_certificate_row(session: Session, row: Row) -> int:
@@ -408,31 +421,6 @@ def add_certificate_row(session: Session, row: Row) -> int:
         [encode_name({"certificate_id": ident, "kind": kind, "value": value}) for kind, value in names],
     )
     return int(ident)
-
-
-def _insert_certificates(session: Session, rows: Sequence[Row | EncodedRow]) -> list[int]:
-    if not rows:
-        return []
-    encoders = encoders_for(session.get_bind().dialect)
-    encoded = [row if isinstance(row, EncodedRow) else encode_row(encoders, row) for row in rows]
-    # Keys are chosen here, not by the insert, so the names can point at their certificate
-    # without reading the new ids back.
-    ids = allocate_ids(session, _table(CertificateRecord), len(encoded))
-    try:
-        encoders.certificates.insert(session, [row.params for row in encoded], ids=ids)
-    except exc.IntegrityError as error:
-        raise DuplicateCertificateError(
-            "a certificate of the batch (same issuer and serial, or same fingerprint) is already "
-            "in the inventory"
-        ) from error
-    encode_name = encoders.names.encode
-    names = [
-        encode_name({"certificate_id": ident, "kind": kind, "value": value})
-        for ident, row in zip(ids, encoded, strict=True)
-        for kind, value in row.names
-    ]
-    encoders.names.insert(session, names)
-    return ids
 
 
 def append_events(session: Session, events: Sequence[EventSpec]) -> None:

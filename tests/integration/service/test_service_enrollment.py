@@ -29,7 +29,7 @@ from service_helpers import assert_chain_intact, events
 
 from certwright.clock import FixedClock
 from certwright.errors import InvalidCSRError, InvalidInputError, PolicyViolation
-from certwright.issuance import Authority
+from certwright.issuance import Authority, Issued
 from certwright.service import (
     CertificateService,
     EnrollmentService,
@@ -654,11 +654,11 @@ class PausingAuthority(Authority):
         super().__init__(**kwargs)
         self._pause: Callable[[], None] | None = pause
 
-    def issue(self, public_key: Any, **kwargs: Any) -> x509.Certificate:
+    def issue_issued(self, public_key: Any, **kwargs: Any) -> Issued:
         pause, self._pause = self._pause, None
         if pause is not None:
             pause()
-        return super().issue(public_key, **kwargs)
+        return super().issue_issued(public_key, **kwargs)
 
 
 def wait_for_lock_waiter(database: str, deadline: float) -> None:

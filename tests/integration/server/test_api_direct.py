@@ -1,0 +1,252 @@
+"""The API's direct path for ``POST /v1/enroll`` and ``POST /v1/renew``, in process.
+
+:func:`~certwright.server.api.create_api` answers well-formed enrol and renew requests
+without FastAPI (``_Direct``) and hands every other request to the FastAPI app. These tests
+hold it to that: each malformed body gets exactly the answer the FastAPI app alone gives
+(status, headers that matter, document), a well-formed one the same fields FastAPI's
+response model has, and errors the same problem documents (with their headers), while
+metrics still see the route template. One CA and inventory (SQLite) per module; the app
+is driven by Starlette's TestClient, the TLS extension added by hand for renewal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi.testclient import TestClient
+
+from certwright.server.api import IssuedOut, create_api
+from certwright.server.problems import PROBLEM_BASE, PROBLEM_JSON
+from certwright.server.state import ServerState
+from certwright.service.enrollment import Enrolled, TokenGrant
+from certwright.store import StoreError
+from certwright.x509.identity import SpiffeId
+from support.public_server import TRUST_DOMAIN, build_state, make_ca
+
+TD = TRUST_DOMAIN
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerState]:
+    directory: Path = tmp_path_factory.mktemp("direct")
+    base_url = "http://127.0.0.1:8080"
+    made = build_state(make_ca(directory / "ca", base_url=base_url), base_url=base_url)
+    try:
+        yield made
+    finally:
+        made.store.close()
+
+
+def _fastapi_of(app: Any) -> Any:
+    """The FastAPI app behind create_api's outer layers (metrics, body limit, direct path)."""
+    while not hasattr(app, "openapi"):
+        app = app.app
+    return app
+
+
+def _csr(key: ec.EllipticCurvePrivateKey, *uris: str) -> str:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    if uris:
+        names = [x509.UniformResourceIdentifier(u) for u in uris]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _token(state: ServerState, name: str) -> str:
+    grant = TokenGrant(SpiffeId.parse(f"spiffe://{TD}/{name}"), "mtls")
+    return state.enrollment.create_token(grant, ttl=datetime.timedelta(minutes=5), actor="test").secret
+
+
+class _WithCertificate:
+    """Adds the ASGI TLS extension with ``pem`` as the client certificate (what the adapter does)."""
+
+    def __init__(self, app: Any, pem: str | None) -> None:
+        self.app = app
+        self.tls = {"client_cert_chain": (pem,) if pem else (), "client_cert_error": None}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": self.tls}}
+        await self.app(scope, receive, send)
+
+
+def _answer(response: Any) -> tuple[int, str, Any]:
+    kind = response.headers.get("content-type", "")
+    return response.status_code, kind, response.json() if "json" in kind else response.text
+
+
+# -- malformed bodies: the FastAPI app's own answers ------------------------------------------
+
+_VALID_CSR = _csr(ec.generate_private_key(ec.SECP256R1()))
+_JSON = "application/json"
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+# (what, body from the endpoint's valid fields, content type)
+MALFORMED: list[tuple[str, Callable[[dict[str, Any]], bytes], str | None]] = [
+    ("extra field", lambda valid: _dump({**valid, "profile": "server"}), _JSON),
+    ("missing csr", lambda valid: _dump({k: v for k, v in valid.items() if k != "csr"}), _JSON),
+    ("csr not a string", lambda valid: _dump({**valid, "csr": 7}), _JSON),
+    ("csr null", lambda valid: _dump({**valid, "csr": None}), _JSON),
+    ("csr a list", lambda valid: _dump({**valid, "csr": [_VALID_CSR]}), _JSON),
+    ("token too long", lambda valid: _dump({**valid, "token": "t" * 513}), _JSON),  # renew: extra field
+    ("not an object", lambda valid: _dump(list(valid.values())), _JSON),
+    ("malformed JSON", lambda valid: b'{"csr": ', _JSON),
+    ("not UTF-8", lambda valid: b'{"csr": "\xff"}', _JSON),
+    # pydantic refuses a lone surrogate in a field with a length limit (token), not in csr
+    ("lone surrogate in token", lambda valid: _dump({**valid, "token": "\ud800"}), _JSON),
+    ("lone surrogate in csr", lambda valid: _dump({**valid, "csr": "\ud800"}), _JSON),
+    ("empty body", lambda valid: b"", _JSON),
+    ("nested too deep", lambda valid: b"[" * 60000, _JSON),
+    ("text/plain", lambda valid: _dump(valid), "text/plain"),
+    ("no content type", lambda valid: _dump(valid), None),
+]
+_VALID = {"/v1/enroll": {"token": "t", "csr": _VALID_CSR}, "/v1/renew": {"csr": _VALID_CSR}}
+
+
+@pytest.mark.parametrize(("what", "make", "content_type"), MALFORMED, ids=[m[0] for m in MALFORMED])
+@pytest.mark.parametrize("path", ["/v1/enroll", "/v1/renew"])
+def test_malformed_bodies_get_fastapis_own_answer(
+    state: ServerState,
+    path: str,
+    what: str,
+    make: Callable[[dict[str, Any]], bytes],
+    content_type: str | None,
+) -> None:
+    body = make(_VALID[path])
+    headers = {"content-type": content_type} if content_type else {}
+    app = create_api(state)
+    # Both anonymous over "TLS": a renewal FastAPI accepts is then a 401, not a 500.
+    direct, plain = _WithCertificate(app, None), _WithCertificate(_fastapi_of(app), None)
+    with TestClient(direct) as with_direct, TestClient(plain) as fastapi_alone:
+        expected = _answer(fastapi_alone.post(path, content=body, headers=headers))
+        got = _answer(with_direct.post(path, content=body, headers=headers))
+    assert got == expected
+    assert got[0] in (400, 401, 422) and got[1].startswith(PROBLEM_JSON)
+
+
+# -- well-formed requests ----------------------------------------------------------------------
+
+
+def test_enrolment_on_the_direct_path(state: ServerState) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = {"token": _token(state, "direct/web"), "csr": _csr(key, f"spiffe://{TD}/direct/web")}
+    with TestClient(create_api(state)) as client:
+        response = client.post("/v1/enroll", json=body)
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"] == "application/json"
+    document = response.json()
+    assert list(document) == list(IssuedOut.model_fields)  # the response model's fields, in order
+    IssuedOut.model_validate(document)
+    certificate = x509.load_pem_x509_certificate(document["certificate"].encode())
+    assert certificate.public_key() == key.public_key()
+    assert document["identity"] == f"spiffe://{TD}/direct/web"
+    assert state.certificates.get(certificate.serial_number) is not None
+    metrics, _ = state.metrics.render()
+    assert b'listener="api",method="POST",route="/v1/enroll",status="201"' in metrics
+    assert b'certwright_issuance_total{kind="enroll",outcome="ok",profile="mtls"}' in metrics
+
+
+def test_a_json_subtype_goes_through_fastapi_with_the_same_result(state: ServerState) -> None:
+    # Not "application/json": FastAPI's route answers (it parses any +json), with the same core.
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = json.dumps({"token": _token(state, "direct/vnd"), "csr": _csr(key)}).encode()
+    with TestClient(create_api(state)) as client:
+        response = client.post("/v1/enroll", content=body, headers={"content-type": "application/vnd.x+json"})
+    assert response.status_code == 201, response.text
+    assert list(response.json()) == list(IssuedOut.model_fields)
+
+
+def test_renewal_on_the_direct_path(state: ServerState) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    with TestClient(create_api(state)) as client:
+        enrolled = client.post("/v1/enroll", json={"token": _token(state, "direct/renew"), "csr": _csr(key)})
+    assert enrolled.status_code == 201, enrolled.text
+    app = _WithCertificate(create_api(state), enrolled.json()["certificate"])
+    with TestClient(app) as client:
+        renewed = client.post("/v1/renew", json={"csr": _csr(ec.generate_private_key(ec.SECP256R1()))})
+    assert renewed.status_code == 201, renewed.text
+    assert renewed.json()["identity"] == f"spiffe://{TD}/direct/renew"
+    assert renewed.json()["serial"] != enrolled.json()["serial"]
+    with TestClient(_WithCertificate(create_api(state), None)) as client:
+        anonymous = client.post("/v1/renew", json={"csr": _csr(ec.generate_private_key(ec.SECP256R1()))})
+    assert anonymous.status_code == 401
+    assert anonymous.json()["type"] == PROBLEM_BASE + "client-certificate-required"
+
+
+@pytest.mark.parametrize(
+    ("csr", "slug"),
+    [
+        ("not a PEM", "invalid-csr"),
+        ("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "invalid-csr"),
+    ],
+)
+def test_refusals_on_the_direct_path_keep_the_token(state: ServerState, csr: str, slug: str) -> None:
+    token = _token(state, "direct/refused")
+    key = ec.generate_private_key(ec.SECP256R1())
+    # A CSR whose signature does not verify: the service checks it before any database work.
+    der = bytearray(x509.load_pem_x509_csr(_csr(key).encode()).public_bytes(serialization.Encoding.DER))
+    der[-1] ^= 0x01
+    forged = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM).decode()
+    with TestClient(create_api(state)) as client:
+        for bad in (csr, forged):
+            response = client.post("/v1/enroll", json={"token": token, "csr": bad})
+            assert response.status_code == 400, response.text
+            assert response.json()["type"] == PROBLEM_BASE + slug
+        unknown = client.post("/v1/enroll", json={"token": "no-such-token", "csr": _csr(key)})
+        assert unknown.status_code == 403 and unknown.json()["type"] == PROBLEM_BASE + "token-invalid"
+        ok = client.post("/v1/enroll", json={"token": token, "csr": _csr(key)})
+    assert ok.status_code == 201, ok.text  # the refusals consumed nothing
+
+
+class _Failing:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def enroll(self, secret: str, csr: x509.CertificateSigningRequest, *, actor: str) -> Enrolled:
+        raise self.error
+
+
+def test_problem_headers_and_500s_on_the_direct_path(
+    state: ServerState, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"token": "t", "csr": _csr(ec.generate_private_key(ec.SECP256R1()))}
+    busy = dataclasses.replace(state, enrollment=_Failing(StoreError("database is locked")))  # type: ignore[arg-type]
+    with TestClient(create_api(busy)) as client:
+        response = client.post("/v1/enroll", json=body)
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["type"] == PROBLEM_BASE + "store-unavailable"
+    assert "locked" not in response.text
+    broken = dataclasses.replace(state, enrollment=_Failing(RuntimeError("/etc/secret.key")))  # type: ignore[arg-type]
+    with TestClient(create_api(broken), raise_server_exceptions=False) as client:
+        response = client.post("/v1/enroll", json=body)
+    assert response.status_code == 500 and response.json()["type"] == PROBLEM_BASE + "internal-error"
+    assert "secret" not in response.text
+    # Logged server-side, with the traceback.
+    assert any(r.exc_info and "secret" in str(r.exc_info[1]) for r in caplog.records)
+    metrics, _ = state.metrics.render()
+    assert b'route="/v1/enroll",status="503"' in metrics and b'route="/v1/enroll",status="500"' in metrics
+
+
+def test_the_openapi_document_still_describes_both_endpoints(state: ServerState) -> None:
+    with TestClient(create_api(state)) as client:
+        spec = client.get("/openapi.json").json()
+    for path in ("/v1/enroll", "/v1/renew"):
+        operation = spec["paths"][path]["post"]
+        assert operation["responses"]["201"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/IssuedOut"
+        }
+        assert "422" in operation["responses"] and "413" in operation["responses"]
+    assert set(spec["components"]["schemas"]["EnrollIn"]["properties"]) == {"token", "csr"}
