@@ -176,8 +176,7 @@ class OCSPResponder:
         check_responder(issuer=issuer, responder=responder, responder_key=responder_key, now=clock.now())
         self.issuer = issuer
         self.responder = responder
-        self._key = responder_key
-        self._hash = signature_hash(responder_key)
+        self._signer = (responder, responder_key, signature_hash(responder_key))
         self._source = source
         self._clock = clock
         self._validity = validity
@@ -228,6 +227,25 @@ class OCSPResponder:
         if query.nonce is None and status is not None:
             self._store(key, answer, epoch)
         return answer
+
+    def rotate(self, responder: x509.Certificate, responder_key: SigningKey) -> None:
+        """Sign with a new delegated responder certificate and key from now on.
+
+        For a long-running server: the responder certificate is short-lived (RFC 6960
+        4.2.2.2.1 leaves revocation checking of it out, so certwright keeps it to days) and
+        must be replaced before it expires. The pair is checked like the first one; cached
+        responses, signed by the old certificate, are dropped.
+        """
+        now = self._clock.now()
+        check_responder(issuer=self.issuer, responder=responder, responder_key=responder_key, now=now)
+        with self._lock:
+            # One assignment per field under the lock; _sign reads them once per response.
+            self._signer = (responder, responder_key, signature_hash(responder_key))
+            self.responder = responder
+            self._not_before = responder.not_valid_before_utc
+            self._not_after = responder.not_valid_after_utc
+            self._epoch += 1
+            self._cache.clear()
 
     def invalidate(self, serial: int) -> None:
         """Forget the cached responses for ``serial`` (call it when its status changes)."""
@@ -283,8 +301,9 @@ class OCSPResponder:
         return _Query(serial, algorithm, name_hash, key_hash, nonce)
 
     def _sign(self, query: _Query, status: CertificateStatus | None, now: datetime.datetime) -> OCSPAnswer:
+        responder, key, digest = self._signer  # one read: a rotation cannot mix two pairs
         this_update = now.astimezone(datetime.UTC).replace(microsecond=0)
-        next_update = min(this_update + self._validity, self._not_after)
+        next_update = min(this_update + self._validity, responder.not_valid_after_utc)
         if status is None:
             cert_status, revoked_at, reason = ocsp.OCSPCertStatus.UNKNOWN, None, None
         elif status.status is CertStatus.GOOD:
@@ -309,12 +328,12 @@ class OCSPResponder:
                 revocation_reason=reason,
             )
             # RFC 6960 4.2.2.3: byKey; 4.2.1: the certs field carries the delegated responder.
-            .responder_id(ocsp.OCSPResponderEncoding.HASH, self.responder)
-            .certificates([self.responder])
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, responder)
+            .certificates([responder])
         )
         if query.nonce is not None:
             builder = builder.add_extension(x509.OCSPNonce(query.nonce), critical=False)  # RFC 6960 4.4.1
-        response = builder.sign(self._key, self._hash)
+        response = builder.sign(key, digest)
         self._signed += 1
         return OCSPAnswer(
             der=response.public_bytes(serialization.Encoding.DER),

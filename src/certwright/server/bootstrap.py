@@ -109,6 +109,12 @@ class Prepared:
     responder: tuple[x509.Certificate, SigningKey]
     first_start: bool
     issued: list[str] = field(default_factory=list)  # what this start (re)issued, for the log
+    # The responder pair, issued anew (and recorded) when due: a running server rotates it.
+    # It holds the CA passphrase (the responder key is stored encrypted with it); the CA's
+    # own key is unlocked in this process's memory for its whole life anyway.
+    load_responder: Callable[[], tuple[x509.Certificate, SigningKey]] | None = field(
+        default=None, repr=False
+    )
 
     @property
     def directory(self) -> Path:
@@ -193,7 +199,10 @@ def _first_start(config: ServerConfig, passphrase: bytes, hooks: Hooks, clock: C
         raise
     ca = dataclasses.replace(ca, path=config.ca_dir)
     store = open_store(_inventory_target(config, ca), upgrade=True)
-    return Prepared(config, ca, store, responder, first_start=True, issued=issued)
+    return Prepared(
+        config, ca, store, responder, first_start=True, issued=issued,
+        load_responder=_responder_loader(ca, store, passphrase, hooks),
+    )
 
 
 def _build(
@@ -316,7 +325,19 @@ def _reuse(config: ServerConfig, passphrase: bytes, hooks: Hooks, clock: Clock) 
     except BaseException:
         store.close()
         raise
-    return Prepared(config, ca, store, responder, first_start=False, issued=issued)
+    return Prepared(
+        config, ca, store, responder, first_start=False, issued=issued,
+        load_responder=_responder_loader(ca, store, passphrase, hooks),
+    )
+
+
+def _responder_loader(
+    ca: CADirectory, store: Store, passphrase: bytes, hooks: Hooks
+) -> Callable[[], tuple[x509.Certificate, SigningKey]]:
+    def load() -> tuple[x509.Certificate, SigningKey]:
+        return hooks.load_responder(ca, store, passphrase)
+
+    return load
 
 
 def renew_due(prepared: Prepared, *, clock: Clock | None = None) -> list[str]:

@@ -35,6 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 import uvicorn
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from certwright.clock import Clock, SystemClock
@@ -250,34 +251,41 @@ def run(
     servers = listeners(state, prepared, sockets)
     factory = servers[0].config.get_loop_factory()
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_serve(servers, on_ready, lambda: _maintain(prepared, clock or SystemClock())))
+        runner.run(_serve(servers, on_ready, lambda: _maintain(prepared, state.ocsp, clock or SystemClock())))
 
 
-async def _maintain(prepared: Prepared, clock: Clock) -> None:
+async def _maintain(prepared: Prepared, ocsp: OCSPResponder, clock: Clock) -> None:
     """Keep the server's own certificates fresh while it runs (renewed at two thirds).
 
     The server certificate's files are rewritten and the TLS context loads them for new
-    handshakes by itself. The OCSP responder's certificate is part of the responder the
-    public app holds: it is rotated on the next start, which this asks for in the log.
+    handshakes by itself; the OCSP responder is handed its new pair (:meth:`OCSPResponder.rotate`).
     """
     interval = prepared.config.renew_check.total_seconds()
-    warned = False
     while True:
         await asyncio.sleep(interval)
         try:
             issued = await asyncio.to_thread(renew_due, prepared, clock=clock)
+            if await asyncio.to_thread(rotate_responder_if_due, prepared, ocsp, clock):
+                issued.append("ocsp-responder")
         except Exception:  # a database hiccup must not stop the server: try again next time
             _log.exception("cannot renew the server's own certificates; trying again in %s s", interval)
             continue
         if issued:
             _log.info("issued anew: %s", ", ".join(issued))
-        responder = prepared.responder[0]
-        if not warned and responder_needs_rotation(responder, clock.now()):
-            warned = True
-            _log.warning(
-                "the OCSP responder certificate expires %s: restart certwright serve to rotate it",
-                responder.not_valid_after_utc.isoformat(),
-            )
+
+
+def rotate_responder_if_due(prepared: Prepared, ocsp: OCSPResponder, clock: Clock) -> bool:
+    """Issue (and record) a new OCSP responder pair when the current one is due, and make
+    ``ocsp`` sign with it. Returns whether it rotated."""
+    current = prepared.responder[0]
+    if prepared.load_responder is None or not responder_needs_rotation(current, clock.now()):
+        return False
+    certificate, key = prepared.load_responder()
+    if certificate.fingerprint(hashes.SHA256()) == current.fingerprint(hashes.SHA256()):
+        return False  # another replica sharing the directory was first, or not due by its rule
+    ocsp.rotate(certificate, key)
+    prepared.responder = (certificate, key)
+    return True
 
 
 async def _serve(

@@ -559,3 +559,32 @@ def test_responder_certificate_must_be_valid_now(pki, source, clock):
 def test_refresh_must_fall_inside_validity(pki, source, clock, validity, refresh_before):
     with pytest.raises(InvalidInputError, match="refresh_before"):
         make_responder(pki, source, clock, validity=validity, refresh_before=refresh_before)
+
+
+# -- rotation ---------------------------------------------------------------------------------
+
+
+def test_rotate_signs_with_the_new_responder_and_drops_the_cache(pki: Setup, source, clock) -> None:
+    responder = make_responder(pki, source, clock)
+    before = ocsp.load_der_ocsp_response(responder.respond(request(pki.good, pki.issuer)))
+    check_signature(before, pki.responder)
+    new_key = generate_key(KeyType.EC_P256)
+    new_cert = issue_responder(pki.authority, new_key)
+    responder.rotate(new_cert, new_key)
+    lookups = source.lookups
+    after = ocsp.load_der_ocsp_response(responder.respond(request(pki.good, pki.issuer)))
+    assert source.lookups == lookups + 1  # not the old, cached response
+    assert after.certificates == [new_cert]
+    check_signature(after, new_cert)
+    with pytest.raises(InvalidSignature):
+        check_signature(after, pki.responder)
+
+
+def test_rotate_refuses_a_pair_that_does_not_match_and_keeps_signing(pki: Setup, source, clock) -> None:
+    responder = make_responder(pki, source, clock)
+    stray_key = generate_key(KeyType.EC_P256)
+    new_cert = issue_responder(pki.authority, generate_key(KeyType.EC_P256))
+    with pytest.raises((InvalidKeyError, InvalidInputError)):
+        responder.rotate(new_cert, stray_key)
+    response = ocsp.load_der_ocsp_response(responder.respond(request(pki.good, pki.issuer)))
+    check_signature(response, pki.responder)  # the old pair still signs
