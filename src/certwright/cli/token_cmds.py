@@ -114,6 +114,10 @@ def token() -> None:
 @click.option("--role", "roles", multiple=True, help="Role put in the certificate (repeatable).")
 @click.option("--ttl", default="15m", show_default=True, help="How long the token stays valid.")
 @click.option(
+    "--lifetime",
+    help="Cap on the enrolled certificate's lifetime, e.g. 1h (default: the profile's default).",
+)
+@click.option(
     "--server-identity",
     help="SPIFFE ID the server must present (default: spiffe://<admin's trust domain>/certwright/server).",
 )
@@ -129,6 +133,7 @@ def create(
     ips: tuple[str, ...],
     roles: tuple[str, ...],
     ttl: str,
+    lifetime: str | None,
     server_identity: str | None,
     as_json: bool,
 ) -> None:
@@ -136,6 +141,8 @@ def create(
     expect = server_identity_for(admin_cert, server_identity)
     body: dict[str, Any] = {"identity": identity, "dns": list(dns), "ips": list(ips), "roles": list(roles)}
     body["ttl"] = ttl
+    if lifetime:
+        body["lifetime"] = lifetime
     if profile:
         body["profile"] = profile
     files = TLSFiles(admin_cert, admin_key, bundle)

@@ -6,6 +6,7 @@ against the API with the bundle, SIGTERM, and the refusals that must create noth
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import signal
 import socket
@@ -158,6 +159,23 @@ def test_token_create_and_enroll(running: ServeProcess, tmp_path: Path) -> None:
     assert again.code == 1, again
     assert "token" in again.stderr
     assert not (tmp_path / "again").exists()
+
+
+def test_token_lifetime_caps_the_enrolled_certificate(running: ServeProcess, tmp_path: Path) -> None:
+    d = running.directory
+    made = run_exe(*token_args(running, "--identity", f"spiffe://{TD}/short", "--lifetime", "10m"))
+    assert made.code == 0, made
+    out = tmp_path / "short"
+    enrolled = run_exe(
+        "enroll", "--server", running.api_url, "--bundle", d / "bundle.pem", "--token", made.stdout.strip(),
+        "--out", out,
+    )  # fmt: skip
+    assert enrolled.code == 0, enrolled
+    leaf = read_certificates(out / "cert.pem")[0]
+    # 10 minutes from now, plus the CA's 60 s back-dating of notBefore.
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= datetime.timedelta(minutes=11)
+    bad = run_exe(*token_args(running, "--identity", f"spiffe://{TD}/short", "--lifetime", "soon"))
+    assert bad.code == 1, bad
 
 
 def test_token_create_refuses_a_server_with_another_identity(running: ServeProcess) -> None:
