@@ -134,6 +134,12 @@ class ServeProcess:
         self.returncode = self.proc.wait(timeout=timeout)
         return self.returncode
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, requests in flight are cut (the replica tests' crash)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.returncode = self.proc.wait(timeout=STOP_TIMEOUT)
+
     def stop(self, *, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout``; the exit code."""
         if self.proc is None:

@@ -33,7 +33,8 @@ from cryptography.x509 import ocsp
 
 from certwright.store import CertificateRecord, Store, find_by_identity, get_by_serial, open_store
 from support.postgres import postgres_database
-from support.public_replicas import Operator, ServeProcess, certificate_of
+from support.public_replicas import Operator, certificate_of
+from support.serve_process import ServeProcess
 
 DEADLINE = 30.0
 TRUST_DOMAIN = "example.org"
@@ -52,9 +53,9 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     data = tmp_path / "data"
     with postgres_database("certwright_replicas") as db_url:
-        first = ServeProcess(data, db_url, name="A")
+        first = ServeProcess(data, "--db", db_url).start()
         try:
-            second = ServeProcess(data, db_url, name="B")  # the directory exists now: reused
+            second = ServeProcess(data, "--db", db_url).start()  # the directory exists now: reused
             try:
                 store = open_store(db_url)
                 try:
@@ -106,10 +107,10 @@ def wait_for(check: Callable[[], bool], what: str) -> None:
 def test_both_replicas_enrol_into_one_inventory_and_see_each_others_revocations(cluster: Cluster) -> None:
     op = cluster.operator
     received: list[x509.Certificate] = []
-    with op.admin_client(cluster.first.api) as admin:
+    with op.admin_client(cluster.first.api_url) as admin:
         for n, replica in enumerate([cluster.first, cluster.second] * 3):
             name = identity(f"both-{n}")
-            with op.client(replica.api) as client:
+            with op.client(replica.api_url) as client:
                 response = op.enroll(client, op.create_token(admin, name), name)
             assert response.status_code == 201, response.text
             received.append(certificate_of(response))
@@ -121,15 +122,15 @@ def test_both_replicas_enrol_into_one_inventory_and_see_each_others_revocations(
 
     # A certificate enrolled through B, revoked through B: A's cached "good" must turn.
     via_b = received[1]
-    assert ocsp_status(cluster.first.public, via_b, cluster.issuer) is ocsp.OCSPCertStatus.GOOD
-    assert ocsp_status(cluster.first.public, via_b, cluster.issuer) is ocsp.OCSPCertStatus.GOOD  # cached
-    with op.admin_client(cluster.second.api) as admin_b:
+    assert ocsp_status(cluster.first.http_url, via_b, cluster.issuer) is ocsp.OCSPCertStatus.GOOD
+    assert ocsp_status(cluster.first.http_url, via_b, cluster.issuer) is ocsp.OCSPCertStatus.GOOD  # cached
+    with op.admin_client(cluster.second.api_url) as admin_b:
         op.revoke(admin_b, via_b.serial_number)
     wait_for(
-        lambda: ocsp_status(cluster.first.public, via_b, cluster.issuer) is ocsp.OCSPCertStatus.REVOKED,
+        lambda: ocsp_status(cluster.first.http_url, via_b, cluster.issuer) is ocsp.OCSPCertStatus.REVOKED,
         "replica A's OCSP to report the revocation made through replica B",
     )
-    assert crl_of(cluster.first.public, cluster.issuer).get_revoked_certificate_by_serial_number(
+    assert crl_of(cluster.first.http_url, cluster.issuer).get_revoked_certificate_by_serial_number(
         via_b.serial_number
     )
 
@@ -147,7 +148,7 @@ class Load:
 
 def _client_loop(cluster: Cluster, work: list[tuple[str, str]], index: int, load: Load) -> None:
     op = cluster.operator
-    with op.client(cluster.first.api) as on_first, op.client(cluster.second.api) as on_second:
+    with op.client(cluster.first.api_url) as on_first, op.client(cluster.second.api_url) as on_second:
         for n, (token, name) in enumerate(work):
             use_second = (n + index) % 2 == 0 and not load.killed.is_set()
             try:
@@ -178,7 +179,7 @@ def _client_loop(cluster: Cluster, work: list[tuple[str, str]], index: int, load
 
 def test_sigkill_of_one_replica_under_load_loses_no_certificate(cluster: Cluster) -> None:
     op, clients, tokens = cluster.operator, 4, 160
-    with op.admin_client(cluster.first.api) as admin:
+    with op.admin_client(cluster.first.api_url) as admin:
         work = [(op.create_token(admin, identity(f"load-{n}")), identity(f"load-{n}")) for n in range(tokens)]
     load = Load()
     threads = [
@@ -198,7 +199,7 @@ def test_sigkill_of_one_replica_under_load_loses_no_certificate(cluster: Cluster
     assert not load.failures, "\n".join(load.failures[:10])
     assert len(load.received) + len(load.burnt) == tokens  # every token accounted for
     assert load.after_kill_on_first > 0  # the other replica goes on
-    assert httpx.get(f"{cluster.first.public}/healthz").status_code == 200
+    assert httpx.get(f"{cluster.first.http_url}/healthz").status_code == 200
 
     serials = [cert.serial_number for _, cert, _ in load.received]
     assert len(set(serials)) == len(serials)
@@ -221,18 +222,19 @@ def test_sigkill_of_one_replica_under_load_loses_no_certificate(cluster: Cluster
 def test_crl_numbers_increase_across_replicas(cluster: Cluster) -> None:
     op = cluster.operator
     numbers: list[int] = []
-    with op.admin_client(cluster.first.api) as admin_a, op.admin_client(cluster.second.api) as admin_b:
+    first, second = cluster.first.api_url, cluster.second.api_url
+    with op.admin_client(first) as admin_a, op.admin_client(second) as admin_b:
         replicas = [(cluster.first, admin_a), (cluster.second, admin_b)]
         for n in range(6):
             replica, admin = replicas[n % 2]
             _, other_admin = replicas[(n + 1) % 2]
             name = identity(f"crl-{n}")
-            with op.client(replica.api) as client:
+            with op.client(replica.api_url) as client:
                 response = op.enroll(client, op.create_token(admin, name), name)
             assert response.status_code == 201, response.text
             cert = certificate_of(response)
             op.revoke(other_admin, cert.serial_number)  # revoked through the other replica
-            crl = crl_of(replica.public, cluster.issuer)
+            crl = crl_of(replica.http_url, cluster.issuer)
             assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
             numbers.append(crl_number(crl))
     assert numbers == sorted(set(numbers)), numbers  # strictly increasing, whoever published
