@@ -145,23 +145,41 @@ def tunnel_server(
 @tunnel.command("client")
 @_common_options
 @click.option("--expect", required=True, metavar="URI", help="The SPIFFE ID the server must present.")
+@click.option(
+    "--crl", metavar="FILE|URL", help="Refuse a revoked server: a CRL file or http(s) URL, refreshed."
+)
 def tunnel_client(
-    *, listen: str, target: str, cert: Path, key: Path, bundle: Path, expect: str, **limits: Any
+    *,
+    listen: str,
+    target: str,
+    cert: Path,
+    key: Path,
+    bundle: Path,
+    expect: str,
+    crl: str | None,
+    **limits: Any,
 ) -> None:
     """Accept plain TCP on --listen and forward it over mTLS to --target.
 
     The server's certificate must carry exactly the SPIFFE ID --expect (hostnames and
-    CNs are not trusted for this); otherwise the connection is refused.
+    CNs are not trusted for this), and with --crl must not be revoked; otherwise the
+    connection is refused.
     """
     _configure_logging()
-    client = TunnelClient(
-        listen=Address.parse(listen),
-        target=Address.parse(target),
-        files=TLSFiles(cert, key, bundle),
-        expect=SpiffeId.parse(expect),
-        limits=Limits(**limits),
-    )
-    asyncio.run(run_until_signalled(client))
+    revocation = CrlSource(crl, issuers=[cert, bundle]) if crl else None
+    try:
+        client = TunnelClient(
+            listen=Address.parse(listen),
+            target=Address.parse(target),
+            files=TLSFiles(cert, key, bundle),
+            expect=SpiffeId.parse(expect),
+            limits=Limits(**limits),
+            crl=revocation,
+        )
+        asyncio.run(run_until_signalled(client))
+    finally:
+        if revocation is not None:
+            revocation.close()
 
 
 def _configure_logging() -> None:

@@ -37,12 +37,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from cryptography import x509
+
 from certwright.access.policy import Decision, Request, Subject
 from certwright.errors import CertwrightError, InvalidInputError
 from certwright.globs import Glob
 from certwright.mtls.client import check_peer_identity
 from certwright.mtls.context import ClientTLS, TLSFiles, server_context
-from certwright.mtls.peer import Peer, PeerVerifier
+from certwright.mtls.crl import RevocationChecker
+from certwright.mtls.peer import Peer, PeerRefused, PeerVerifier
 from certwright.x509.identity import SpiffeId
 
 log = logging.getLogger("certwright.tunnel")
@@ -359,7 +362,8 @@ class TunnelServer(Tunnel):
 
 class TunnelClient(Tunnel):
     """Plain TCP in, mTLS out: connects to ``target`` presenting ``files`` and forwards only
-    when the server is ``expect`` (its one SPIFFE URI SAN; the hostname is not checked).
+    when the server is ``expect`` (its one SPIFFE URI SAN; the hostname is not checked) and,
+    with ``crl``, when the server's certificate is not revoked.
 
     Example::
 
@@ -379,9 +383,11 @@ class TunnelClient(Tunnel):
         limits: Limits = Limits(),
         tls: ClientTLS | None = None,
         server_hostname: str | None = None,
+        crl: RevocationChecker | None = None,
     ) -> None:
         super().__init__(listen=listen, target=target, limits=limits)
         self.expect = expect if isinstance(expect, SpiffeId) else SpiffeId.parse(expect)
+        self._crl = crl
         self._tls = tls if tls is not None else ClientTLS(files)
         self._server_hostname = server_hostname or target.host
 
@@ -403,12 +409,22 @@ class TunnelClient(Tunnel):
             return
         try:
             server = check_peer_identity(up_writer.transport, self.expect)
+            if self._crl is not None:
+                self._crl.check(_peer_certificate(up_writer.transport))
         except CertwrightError as exc:
             log.warning("denied %s %s: server refused: %s", source, what, exc)
             up_writer.transport.abort()
             return
         log.info("allowed %s %s: server is %s", source, what, server)
         await _splice(reader, writer, up_reader, up_writer, limits=self.limits)
+
+
+def _peer_certificate(transport: asyncio.BaseTransport) -> x509.Certificate:
+    ssl_object = transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        raise PeerRefused("the server presented no certificate")
+    return x509.load_der_x509_certificate(der)
 
 
 def _describe(peer: Peer) -> str:

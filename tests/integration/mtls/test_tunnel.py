@@ -476,3 +476,37 @@ def test_server_listens_on_ipv6_loopback(server_files: TLSFiles, client_files: T
 
     asyncio.run(scenario())
     assert any(re.search(r"listening on \[::1\]:\d+", line) for line in decisions(caplog))
+
+
+def test_client_with_a_crl_refuses_a_revoked_server(
+    pki: TestPKI, tmp_path: Path, server_files: TLSFiles, client_files: TLSFiles, caplog
+) -> None:
+    server_serial = x509.load_pem_x509_certificate(server_files.cert.read_bytes()).serial_number
+    crl_file = tmp_path / "ca.crl"
+    crl_file.write_bytes(pki.crl_pem())
+
+    async def scenario() -> None:
+        crls = CrlSource(crl_file, issuers=[client_files.cert, client_files.bundle], check_interval=0.05)
+        async with Echo() as echo, running(tunnel_server(server_files, echo.address)) as server_port:
+            client = TunnelClient(
+                listen=LOCAL,
+                target=Address("127.0.0.1", server_port),
+                files=client_files,
+                expect=SERVER_ID,
+                crl=crls,
+            )
+            async with running(client) as port:
+                assert await exchange(port, b"before") == b"before"  # control: not revoked yet
+                pki.revoke(server_serial)
+                crl_file.write_bytes(pki.crl_pem())
+                deadline = time.monotonic() + DEADLINE
+                while time.monotonic() < deadline:
+                    if await exchange(port, b"after") is None:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the revoked server was never refused")
+        crls.close()
+
+    asyncio.run(scenario())
+    assert any(line.startswith("denied") and "revoked" in line for line in decisions(caplog))
