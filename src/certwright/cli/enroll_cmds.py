@@ -23,6 +23,7 @@ import contextlib
 import ssl
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from cryptography import x509
@@ -33,9 +34,13 @@ from certwright.cli.common import Refused, emit_json, json_option, key_type_opti
 from certwright.cli.token_cmds import TIMEOUT, request, request_json
 from certwright.errors import CertwrightError
 from certwright.files import parse_certificates
-from certwright.mtls.client import httpx_client
+from certwright.mtls.client import connect, httpx_client
+from certwright.verify.identity import identity_of
+from certwright.x509.identity import SpiffeId
 from certwright.x509.keys import KeyType, SigningKey, generate_key, private_key_pem, signature_hash
 from certwright.x509.names import SubjectAltNames
+
+CA_SERVER_PATH = "/certwright/server"  # what `certwright serve` issues itself
 
 KEY, CERT, CHAIN, BUNDLE = "key.pem", "cert.pem", "chain.pem", "bundle.pem"
 TOKEN_ENV = "CERTWRIGHT_TOKEN"  # noqa: S105 - a variable name, not a secret
@@ -56,6 +61,26 @@ def _spki(key: Any) -> bytes:
     return bytes(
         key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
+
+
+def _discover_server(server: str, context: ssl.SSLContext) -> SpiffeId:
+    """The CA server's SPIFFE ID, read from its verified certificate; its path must be the
+    one `certwright serve` gives itself (tokens cannot grant it)."""
+    url = urlsplit(server)
+    if url.scheme != "https" or not url.hostname:
+        raise Refused(f"--server {server!r}: give the CA's https:// URL (the token must not travel in clear)")
+    try:
+        with connect(url.hostname, url.port or 443, tls=context, expect=None, timeout=TIMEOUT) as sock:
+            der = sock.getpeercert(True)
+    except (OSError, ssl.SSLError) as exc:
+        raise Refused(f"cannot reach a verified CA at {server}: {exc}") from exc
+    found = identity_of(x509.load_der_x509_certificate(der)) if der else None
+    if found is None or found.path != CA_SERVER_PATH:
+        raise Refused(
+            f"{server} presents identity {found}, not a certwright CA server (…{CA_SERVER_PATH}); "
+            "give --server-identity if yours differs"
+        )
+    return found
 
 
 def _certificates(value: Any, what: str) -> list[x509.Certificate]:
@@ -117,10 +142,14 @@ def enroll(
         raise Refused(f"{out} is not a directory")
     key = generate_key(key_type)
     csr = build_csr(key, dns=dns, ips=ips)
-    # Verified like any HTTPS server (chain and hostname): this workload has no certificate yet.
+    # This workload has no certificate yet: the server is verified against the bundle, by
+    # hostname, and by its SPIFFE ID (--server-identity, or any ID with the CA server's path:
+    # every workload of the trust domain chains to the same root, so the chain alone would
+    # let one of them collect the token).
     context = ssl.create_default_context(cafile=str(bundle))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    with httpx_client(tls=context, expect=server_identity, base_url=server, timeout=TIMEOUT) as client:
+    expect = server_identity or str(_discover_server(server, context))
+    with httpx_client(tls=context, expect=expect, base_url=server, timeout=TIMEOUT) as client:
         # The bundle first: when the server cannot be reached the token is still unspent.
         anchors = _certificates(request(client, "GET", "/v1/bundle").text, "bundle")
         pem_csr = csr.public_bytes(serialization.Encoding.PEM).decode()

@@ -27,7 +27,7 @@ import httpcore
 import httpx
 from cryptography import x509
 
-from certwright.errors import CertwrightError, InvalidIdentityError
+from certwright.errors import CertwrightError, InvalidIdentityError, InvalidInputError
 from certwright.mtls.context import ClientTLS, TLSFiles
 from certwright.mtls.peer import PeerRefused
 from certwright.verify.identity import identity_of
@@ -296,6 +296,10 @@ class MTLSTransport(httpx.HTTPTransport):
             **_pool_options(limits),
         )
 
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        _require_https(request)
+        return super().handle_request(request)
+
 
 class AsyncMTLSTransport(httpx.AsyncHTTPTransport):
     """The asyncio/trio twin of :class:`MTLSTransport` (see :func:`async_httpx_client`)."""
@@ -313,6 +317,17 @@ class AsyncMTLSTransport(httpx.AsyncHTTPTransport):
             network_backend=_AsyncCheckingBackend(source, expect),
             **_pool_options(limits),
         )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        _require_https(request)
+        return await super().handle_async_request(request)
+
+
+def _require_https(request: httpx.Request) -> None:
+    """The identity and chain checks run in the TLS handshake: a plain-HTTP request would
+    skip them and send its body (a token, a CSR) to whoever answers."""
+    if request.url.scheme != "https":
+        raise InvalidInputError(f"refusing to send a request to {request.url.scheme}://: mTLS needs https://")
 
 
 def _transport_args(

@@ -89,6 +89,11 @@ class TokenProblem(enum.Enum):
     IDENTITY = "identity"  # the CSR asks for another identity than the token's
 
 
+# The CA's own certificates (server, admin) live under this path, with this role.
+RESERVED_PATH = "/certwright"
+RESERVED_ROLE = "certwright.admin"
+
+
 class TokenError(CertwrightError):
     """A token is unknown, used, expired, or does not cover the request (never says which
     of unknown/used/expired to an unauthenticated caller: ``public_message``).
@@ -250,6 +255,18 @@ class EnrollmentService:
             raise InvalidInputError(
                 "a token grants DNS names and IP addresses; its identity is the certificate's one URI"
             )
+        # The CA's own identities and its admin role are issued by `certwright serve` itself:
+        # a workload holding spiffe://TD/certwright/server would pass every client's check of
+        # the CA server (and collect enrolment tokens); a token must never mint an admin.
+        if grant.identity.path == RESERVED_PATH or grant.identity.path.startswith(RESERVED_PATH + "/"):
+            raise PolicyViolation(
+                f"identity {grant.identity} is reserved for the CA's own certificates", field="identity"
+            )
+        if RESERVED_ROLE in grant.authorization.roles:
+            raise PolicyViolation(
+                f"role {RESERVED_ROLE!r} is the CA's administrator role: it is not granted by tokens",
+                field="roles",
+            )
         sans = SubjectAltNames.create(dns=grant.sans.dns, ips=grant.sans.ips)
         lifetime = grant.lifetime
         if lifetime is not None:
@@ -345,6 +362,9 @@ class EnrollmentService:
                 identity=identity,
                 sans=sans,
                 authorization=Authorization.from_certificate(presented, self.extension_oid),
+                # Never longer than the certificate it replaces: a token's lifetime cap, or a
+                # short-lived certificate, stays short across renewals.
+                lifetime=self._held_lifetime(presented, profile),
             )
             certificate = self._record(
                 session,
@@ -355,6 +375,11 @@ class EnrollmentService:
                 extra={"renewed_from": row.serial_hex},
             )
         return Enrolled(certificate=certificate, chain=self._issuer().chain)
+
+    def _held_lifetime(self, presented: x509.Certificate, profile: Profile) -> datetime.timedelta:
+        validity = presented.not_valid_after_utc - presented.not_valid_before_utc
+        held = max(validity - self.authority.settings.backdate, datetime.timedelta(seconds=1))
+        return min(held, profile.default_lifetime)
 
     def _renewable(
         self, row: HeldCertificate | None, now: datetime.datetime

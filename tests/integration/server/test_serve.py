@@ -6,6 +6,7 @@ against the API with the bundle, SIGTERM, and the refusals that must create noth
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import shutil
 import signal
@@ -13,6 +14,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -390,3 +392,96 @@ def _served_serial(host: str, port: int, bundle: Path) -> int:
         der = conn.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
+
+
+# --- enrol: never send a token to a server that is not the CA -----------------------------------
+
+
+class _Recorder:
+    """A plain TCP listener on 127.0.0.1 that records whatever a client sends it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received = b""
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(30)
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(65536):
+                    self.received += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(10)
+
+
+def test_attack_enroll_refuses_plain_http_and_sends_nothing(running: ServeProcess, tmp_path: Path) -> None:
+    token = run_exe(*token_args(running, "--identity", f"spiffe://{TD}/clear")).stdout.strip()
+    recorder = _Recorder()
+    try:
+        sent = run_exe(
+            "enroll", "--server", f"http://127.0.0.1:{recorder.port}", "--bundle",
+            running.directory / "bundle.pem", "--token", token, "--out", tmp_path / "clear",
+            "--server-identity", f"spiffe://{TD}/certwright/server",
+        )  # fmt: skip
+        assert sent.code == 1, sent
+        assert "https" in sent.stderr
+    finally:
+        recorder.close()
+    assert token.encode() not in recorder.received and recorder.received == b""
+
+
+def test_attack_enroll_refuses_a_workload_posing_as_the_ca(running: ServeProcess, tmp_path: Path) -> None:
+    """A certificate of the same CA, valid for the CA's address, but not the CA server's identity."""
+    openssl = require_tool("openssl")
+    d = running.directory
+    evil_token = run_exe(
+        *token_args(running, "--identity", f"spiffe://{TD}/evil", "--ip", "127.0.0.1")
+    ).stdout.strip()
+    evil = tmp_path / "evil"
+    made = run_exe(
+        "enroll", "--server", running.api_url, "--bundle", d / "bundle.pem", "--token", evil_token,
+        "--ip", "127.0.0.1", "--out", evil,
+    )  # fmt: skip
+    assert made.code == 0, made
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    impostor = subprocess.Popen(
+        [openssl, "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(evil / "cert.pem"),
+         "-cert_chain", str(evil / "chain.pem"), "-key", str(evil / "key.pem"), "-www", "-quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline, "openssl s_server did not start"
+            time.sleep(0.05)
+        victim = run_exe(*token_args(running, "--identity", f"spiffe://{TD}/victim")).stdout.strip()
+        refused = run_exe(
+            "enroll", "--server", f"https://127.0.0.1:{port}", "--bundle", d / "bundle.pem",
+            "--token", victim, "--out", tmp_path / "victim",
+        )  # fmt: skip
+        assert refused.code == 1, refused
+        assert "not a certwright CA server" in refused.stderr
+        assert not (tmp_path / "victim").exists()
+    finally:
+        impostor.terminate()
+        impostor.wait(10)
+    # The victim's token was never sent: it still enrols against the real CA.
+    ok = run_exe(
+        "enroll", "--server", running.api_url, "--bundle", d / "bundle.pem", "--token", victim,
+        "--out", tmp_path / "victim",
+    )  # fmt: skip
+    assert ok.code == 0, ok

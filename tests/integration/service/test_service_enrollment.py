@@ -315,6 +315,42 @@ def test_the_lifetime_cap_shortens_the_certificate_never_lengthens_it(
     )
 
 
+def test_attack_a_renewal_keeps_the_lifetime_cap_of_the_enrolled_certificate(
+    enrollment: EnrollmentService, clock: FixedClock
+) -> None:
+    short = enrollment.create_token(grant(lifetime=HOUR), ttl=TTL, actor="admin")
+    first = enrollment.enroll(short.secret, make_csr(), actor="e").certificate
+    clock.advance(40 * datetime.timedelta(minutes=1))
+    second = enrollment.renew(first, make_csr(), actor="peer:web").certificate
+    # An hour, as the token allowed; not the profile's default day, nor renewable into one.
+    assert second.not_valid_after_utc == clock.now() + HOUR
+    third = enrollment.renew(second, make_csr(), actor="peer:web").certificate
+    assert third.not_valid_after_utc - third.not_valid_before_utc == (
+        second.not_valid_after_utc - second.not_valid_before_utc
+    )
+
+
+@pytest.mark.parametrize(
+    ("identity", "roles", "field"),
+    [
+        ("spiffe://example.org/certwright/server", (), "identity"),
+        ("spiffe://example.org/certwright/admin", (), "identity"),
+        ("spiffe://example.org/certwright", (), "identity"),
+        (WEB, ("certwright.admin",), "roles"),
+    ],
+)
+def test_attack_a_token_cannot_grant_the_cas_own_identities_or_its_admin_role(
+    enrollment: EnrollmentService, store: Store, identity: str, roles: tuple[str, ...], field: str
+) -> None:
+    before = state(store)
+    with pytest.raises(PolicyViolation) as refused:
+        enrollment.create_token(grant(identity, roles=roles), ttl=TTL, actor="admin")
+    assert refused.value.field == field
+    assert state(store) == before
+    # Control: a path that only starts with the same letters is an ordinary workload.
+    enrollment.create_token(grant("spiffe://example.org/certwright-docs"), ttl=TTL, actor="admin")
+
+
 def test_attack_a_reused_token_is_refused_and_issues_nothing(
     enrollment: EnrollmentService, store: Store
 ) -> None:
