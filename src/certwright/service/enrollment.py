@@ -299,6 +299,12 @@ class EnrollmentService:
         asked = _asked(verified.csr)
         token_hash = _hash_secret(secret)
         now = self.clock.now()
+        # An unknown, used or expired token is refused from a read transaction: guessing
+        # (unauthenticated, free to send) must not queue for the database's one writer. The
+        # conditional UPDATE below stays the authority on single use.
+        with self.store.read() as session:
+            if not _may_redeem(session, token_hash, now):
+                raise _refusal(session, token_hash, now)
         with self.store.write() as session:
             token = redeem(session, token_hash, at=now, by=actor)
             if token is None:
@@ -498,6 +504,12 @@ def _hash_secret(secret: str) -> bytes:
 def _check_actor(actor: str) -> None:
     if not actor or len(actor) > _MAX_ACTOR_LENGTH:
         raise InvalidInputError(f"the actor must be 1 to {_MAX_ACTOR_LENGTH} characters")
+
+
+def _may_redeem(session: Session, token_hash: bytes, now: datetime.datetime) -> bool:
+    """Whether a token with this hash exists, unused and unexpired (a read: no lock)."""
+    token = find_token(session, token_hash)
+    return token is not None and token.used_at is None and now < token.expires_at
 
 
 def _refusal(session: Session, token_hash: bytes, now: datetime.datetime) -> TokenError:

@@ -766,3 +766,25 @@ def test_postgresql_a_second_redemption_waits_for_the_first_and_takes_over_only_
             assert session.scalar(sa.select(sa.func.count()).select_from(CertificateRecord)) == 1
             issued = session.scalars(sa.select(AuditEvent.details).where(AuditEvent.kind == "issued")).all()
         assert [json.loads(d)["token_id"] for d in issued] == [created.token_id]
+
+
+def test_attack_a_guessed_token_is_refused_without_waiting_for_the_writer(
+    enrollment: EnrollmentService, store: Store
+) -> None:
+    """Unauthenticated guesses are answered from a read: they never queue for the one writer."""
+    outcome: dict[str, object] = {}
+
+    def guess() -> None:
+        try:
+            enrollment.enroll("guessed-" + "x" * 32, make_csr(), actor="anonymous")
+        except TokenError as exc:
+            outcome["refused"] = exc.problem
+
+    with store.write():  # another request holds the writer (SQLite: the database's only one)
+        thread = threading.Thread(target=guess)
+        thread.start()
+        thread.join(10)
+        answered_while_held = not thread.is_alive()
+    thread.join(30)
+    assert answered_while_held
+    assert outcome["refused"] is TokenProblem.UNKNOWN
