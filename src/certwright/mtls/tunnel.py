@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import ipaddress
@@ -207,7 +208,7 @@ class Limits:
     backlog: int = 1024
 
 
-class Tunnel:
+class Tunnel(abc.ABC):
     """What both tunnels share: listening, a task per connection, the connection limit,
     graceful stop. Subclasses handle one accepted connection in ``_handle``.
 
@@ -289,8 +290,9 @@ class Tunnel:
             writer.transport.abort()
             self._tasks.discard(task)
 
+    @abc.abstractmethod
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str) -> None:
-        raise NotImplementedError
+        """Serve one accepted connection (the server and client directions differ here)."""
 
     async def _open_target(
         self, source: str, who: str

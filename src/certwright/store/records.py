@@ -103,31 +103,23 @@ def certificate_fields(
     except ValueError as exc:
         serial = certificate.serial_number
         raise InvalidCertificateError(f"certificate {serial:x}: unreadable SANs: {exc}") from exc
-    authz = Authorization.from_certificate(certificate, extension_oid)
-    public_key = certificate.public_key()
-    serial_to_bytes(certificate.serial_number)  # refuse an unstorable serial with a clear error
-    fields: dict[str, Any] = {
-        "serial": certificate.serial_number,
-        "issuer": certificate.issuer.rfc4514_string(),
-        "issuer_key_id": issuer_key_id if issuer_key_id is not None else issuer_key_id_of(certificate),
-        "subject": certificate.subject.rfc4514_string(),
-        "identity": _identity(sans),
-        "roles": list(authz.roles),
-        "attributes": authz.attribute_map,
-        "profile": profile,
-        "key_type": _key_type(public_key),
-        "not_before": certificate.not_valid_before_utc,
-        "not_after": certificate.not_valid_after_utc,
-        "fingerprint_sha256": certificate.fingerprint(hashes.SHA256()),
-        "public_key_id": public_key_id(certificate),
-        "status": CertificateStatus.GOOD,
-        "revoked_at": None,
-        "revocation_reason": None,
-        "requested_by": requested_by,
-        "created_at": created_at,
-        "der": certificate.public_bytes(serialization.Encoding.DER),
-    }
-    return fields, _names(sans)
+    return _new_row(
+        serial=certificate.serial_number,
+        issuer=certificate.issuer.rfc4514_string(),
+        issuer_key_id=issuer_key_id if issuer_key_id is not None else issuer_key_id_of(certificate),
+        subject=certificate.subject.rfc4514_string(),
+        sans=sans,
+        authorization=Authorization.from_certificate(certificate, extension_oid),
+        profile=profile,
+        key_type=_key_type(certificate.public_key()),
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
+        fingerprint=certificate.fingerprint(hashes.SHA256()),
+        key_id=public_key_id(certificate),
+        requested_by=requested_by,
+        created_at=created_at,
+        der=certificate.public_bytes(serialization.Encoding.DER),
+    )
 
 
 def issued_fields(
@@ -147,28 +139,65 @@ def issued_fields(
     the DER (one lazy parse, ~8 us). The tests hold this equal, field for field, to
     :func:`certificate_fields` of the parsed certificate.
     """
-    serial_to_bytes(issued.serial)
-    sans = issued.sans
+    return _new_row(
+        serial=issued.serial,
+        issuer=issuer,
+        issuer_key_id=issuer_key_id,
+        subject=x509.load_der_x509_certificate(issued.der).subject.rfc4514_string(),
+        sans=issued.sans,
+        authorization=issued.authorization,
+        profile=profile,
+        key_type=issued.key_type.value,
+        not_before=issued.not_before,
+        not_after=issued.not_after,
+        fingerprint=issued.fingerprint,
+        key_id=public_key_id(issued.spki),
+        requested_by=requested_by,
+        created_at=created_at,
+        der=issued.der,
+    )
+
+
+def _new_row(
+    *,
+    serial: int,
+    issuer: str,
+    issuer_key_id: bytes,
+    subject: str,
+    sans: SubjectAltNames,
+    authorization: Authorization,
+    profile: str | None,
+    key_type: str,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    fingerprint: bytes,
+    key_id: bytes,
+    requested_by: str,
+    created_at: datetime.datetime,
+    der: bytes,
+) -> tuple[dict[str, Any], list[tuple[NameKind, str]]]:
+    """The columns of a new, status-good row and its names: one place for both derivations."""
+    serial_to_bytes(serial)  # refuse an unstorable serial with a clear error
     fields: dict[str, Any] = {
-        "serial": issued.serial,
+        "serial": serial,
         "issuer": issuer,
         "issuer_key_id": issuer_key_id,
-        "subject": x509.load_der_x509_certificate(issued.der).subject.rfc4514_string(),
+        "subject": subject,
         "identity": _identity(sans),
-        "roles": list(issued.authorization.roles),
-        "attributes": issued.authorization.attribute_map,
+        "roles": list(authorization.roles),
+        "attributes": authorization.attribute_map,
         "profile": profile,
-        "key_type": issued.key_type.value,
-        "not_before": issued.not_before,
-        "not_after": issued.not_after,
-        "fingerprint_sha256": issued.fingerprint,
-        "public_key_id": public_key_id(issued.spki),
+        "key_type": key_type,
+        "not_before": not_before,
+        "not_after": not_after,
+        "fingerprint_sha256": fingerprint,
+        "public_key_id": key_id,
         "status": CertificateStatus.GOOD,
         "revoked_at": None,
         "revocation_reason": None,
         "requested_by": requested_by,
         "created_at": created_at,
-        "der": issued.der,
+        "der": der,
     }
     return fields, _names(sans)
 

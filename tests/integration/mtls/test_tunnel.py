@@ -32,6 +32,7 @@ from certwright.mtls.tunnel import (
     TunnelConfigError,
     TunnelServer,
 )
+from support.env import require
 from support.pki import TestPKI
 
 SERVER_ID = "spiffe://example.org/server"
@@ -458,8 +459,10 @@ def test_address_parse_refuses(text: str) -> None:
 def test_server_listens_on_ipv6_loopback(server_files: TLSFiles, client_files: TLSFiles, caplog) -> None:
     try:
         socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+        has_ipv6 = True
     except OSError:
-        pytest.skip("no IPv6 loopback on this machine")
+        has_ipv6 = False
+    require(has_ipv6, "no IPv6 loopback (::1) on this machine")
 
     async def scenario() -> None:
         async with Echo() as echo:
