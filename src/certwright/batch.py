@@ -3,9 +3,14 @@
 The CA key is opened once, in the parent; workers are forked after that, so they inherit
 the opened authority without re-deriving the passphrase key (scrypt) or pickling a private
 key. Each worker reads, verifies and signs its share of the CSRs and writes each
-certificate into a private staging directory; only the verdicts travel back. The caller
+certificate into a private staging directory; only the verdicts (and each certificate's
+:class:`~certwright.issuance.Issued` facts, for the inventory) travel back. The caller
 then moves the staged files into place, or throws the staging directory away, so a batch
 can still be all-or-nothing.
+
+:func:`start_signing` forks the workers at once and returns; the caller can then do its
+own start-up work (the batch CLI imports and opens the inventory) while they sign. Nothing
+here imports the inventory (SQLAlchemy), so the workers never pay for it.
 
 Example::
 
@@ -18,11 +23,13 @@ Example::
 from __future__ import annotations
 
 import datetime
+import gc
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from certwright.errors import CertwrightError
@@ -36,6 +43,8 @@ from certwright.x509.profiles import Profile
 CHUNK = 64
 # Below this many requests per extra worker, forking costs more than it saves.
 MIN_PER_WORKER = 256
+# How much lower the workers' scheduling priority is than the recording parent's (see _init_worker).
+WORKER_NICENESS = 5
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,9 @@ class BatchItem:
 
     name: str
     error: str | None
-    record: Any = None  # what ``describe`` made of the certificate (computed in the worker)
+    # What ``describe`` made of the certificate in the worker; without ``describe``, its
+    # Issued (DER and facts) itself.
+    record: Any = None
 
     @property
     def stem(self) -> str:
@@ -121,22 +132,76 @@ def sign_csr_files(
     ``checked`` holds requests already read and verified (:func:`check_ahead`).
     ``describe(issued)`` runs in the worker that signed it, with the certificate's DER and
     facts (:class:`~certwright.issuance.Issued`); its result (picklable) comes back as
-    ``BatchItem.record`` (the service turns certificates into inventory rows there, on
-    every core, rather than in the parent).
+    ``BatchItem.record``; without it the record is the ``Issued`` itself.
+
+    Lazy: nothing is signed until the first chunk is asked for. :func:`start_signing`
+    starts at once.
+    """
+    with start_signing(
+        authority, directory, names, request, staging=staging, jobs=jobs, checked=checked, describe=describe
+    ) as run:
+        yield from run
+
+
+def start_signing(
+    authority: Authority,
+    directory: Path,
+    names: Sequence[str],
+    request: BatchRequest,
+    *,
+    staging: Path,
+    jobs: int | None = None,
+    checked: Mapping[str, Checked] | None = None,
+    describe: Callable[[Issued], Any] | None = None,
+) -> SigningRun:
+    """:func:`sign_csr_files`, with the workers forked now: iterate the result for the chunks.
+
+    Use it as a context manager (leaving it stops the workers). Fork it before importing
+    anything heavy that the workers do not need: they start signing while the caller
+    carries on.
     """
     jobs = default_jobs(len(names)) if jobs is None else max(1, jobs)
     chunks = [list(names[i : i + CHUNK]) for i in range(0, len(names), CHUNK)]
     job = _Job(authority, request, str(directory), str(staging), checked or {}, describe)
-    if jobs == 1 or len(chunks) == 1:
-        for chunk in chunks:
-            yield _items(chunk, job.run(chunk))
-        return
-    # "fork": the workers inherit the opened authority (see the module docstring). certwright
-    # targets Linux, where fork is the default and safe before threads exist.
-    context = multiprocessing.get_context("fork")
-    with context.Pool(jobs, initializer=_init_worker, initargs=(job,)) as pool:
-        for chunk, verdicts in zip(chunks, pool.imap(_run_chunk, chunks, chunksize=1), strict=True):
+    return SigningRun(job, chunks, jobs)
+
+
+class SigningRun:
+    """A batch being signed (see :func:`start_signing`): its chunks' results, in order."""
+
+    def __init__(self, job: _Job, chunks: list[list[str]], jobs: int) -> None:
+        self._job = job
+        self._chunks = chunks
+        self._pool: Any = None
+        self._verdicts: Iterable[list[tuple[str | None, Any]]]
+        if jobs == 1 or len(chunks) <= 1:
+            self._verdicts = map(job.run, chunks)  # in this process, as the caller iterates
+            return
+        # "fork": the workers inherit the opened authority (see the module docstring).
+        # certwright targets Linux, where fork is the default; the caller's threads (the
+        # CLI's key-opening one) have finished by now.
+        context = multiprocessing.get_context("fork")
+        self._pool = context.Pool(jobs, initializer=_init_worker, initargs=(job,))
+        self._verdicts = self._pool.imap(_run_chunk, chunks, chunksize=1)
+
+    def __iter__(self) -> Iterator[list[BatchItem]]:
+        for chunk, verdicts in zip(self._chunks, self._verdicts, strict=True):
             yield _items(chunk, verdicts)
+
+    def close(self) -> None:
+        """Stop the workers (at once: whatever they staged is the caller's to throw away)."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> SigningRun:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
@@ -167,7 +232,7 @@ class _Job:
             return None, None, item
         try:
             issued = _sign(self.authority, self.request, item)
-            record = self.describe(issued) if self.describe is not None else None
+            record = self.describe(issued) if self.describe is not None else issued
         except CertwrightError as exc:
             return None, None, str(exc)
         return issued.pem(), record, None
@@ -184,12 +249,25 @@ class _Job:
 
 
 def _read(path: str) -> bytes | str:
-    """The file's bytes, or the reason it cannot be read."""
+    """The file's bytes, or the reason it cannot be read.
+
+    ``os.read`` on the descriptor: a CSR is a few hundred bytes, and a buffered file object
+    costs more to set up than the read itself.
+    """
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            parts = [os.read(fd, _READ_SIZE)]
+            while len(parts[-1]) == _READ_SIZE:  # larger than one read (rare): to the end
+                parts.append(os.read(fd, _READ_SIZE))
+        finally:
+            os.close(fd)
     except OSError as exc:
         return f"cannot read {path}: {exc.strerror}"
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+_READ_SIZE = 1 << 16
 
 
 def _items(names: list[str], verdicts: list[tuple[str | None, Any]]) -> list[BatchItem]:
@@ -203,6 +281,13 @@ _worker: _Job | None = None
 def _init_worker(job: _Job) -> None:
     global _worker
     _worker = job
+    # What the worker inherited lives until it exits: the collector need not walk it (nor
+    # touch its pages, which fork shares until written).
+    gc.freeze()
+    # The parent records what the workers sign (one transaction, in order): it is the
+    # batch's longest path, so on a busy core it goes first. Measured on 2 cores: the
+    # workers otherwise finish ~0.2 s before the parent is done with their results.
+    os.nice(WORKER_NICENESS)
 
 
 def _run_chunk(names: list[str]) -> list[tuple[str | None, Any]]:

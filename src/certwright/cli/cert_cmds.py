@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certwright.batch import BatchRequest, Checked, check_ahead
+from certwright.batch import BatchRequest, SigningRun, check_ahead, start_signing
 from certwright.batch import stem as batch_stem
 from certwright.cadir import CADirectory, open_ca
 from certwright.cli.common import (
@@ -354,43 +355,33 @@ def sign(
     )
 
 
-def _run_batch(
+def _record_batch(
     opened: CADirectory,
-    csr_dir: Path,
-    names: list[str],
+    run: SigningRun,
     request: BatchRequest,
-    staging: Path,
     *,
-    checked: dict[str, Checked],
-    jobs: int | None,
+    total: int,
     keep_going: bool,
     quiet: bool,
 ) -> BatchOutcome:
-    """Sign and record through the service, with a progress bar for a person at a terminal."""
-    # rich costs ~50 ms to import: only a person at a terminal sees the bar.
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    """Record the batch through the service as it is signed, with a progress bar for a person."""
     from certwright.cli.inventory import open_inventory
 
-    columns = (TextColumn("signing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    console = Console(stderr=True)
-    quiet = quiet or not console.is_terminal
-    with (
-        Progress(*columns, console=console, transient=True, disable=quiet) as progress,
-        open_inventory(None, None, ca=opened) as inventory,
-    ):
-        task = progress.add_task("sign", total=len(names))
-        return inventory.certificates().sign_csr_batch(
-            csr_dir,
-            names,
-            request,
-            staging=staging,
-            jobs=jobs,
-            checked=checked,
-            keep_going=keep_going,
-            progress=lambda done: progress.advance(task, done),
-        )
+    with open_inventory(None, None, ca=opened) as inventory:
+        service = inventory.certificates()
+        # rich costs ~50 ms to import: only a person at a terminal sees the bar.
+        if quiet or not sys.stderr.isatty():
+            return service.record_batch(run, request, keep_going=keep_going)
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("signing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        console = Console(stderr=True)
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+            task = progress.add_task("sign", total=total)
+            return service.record_batch(
+                run, request, keep_going=keep_going, progress=lambda done: progress.advance(task, done)
+            )
 
 
 def _sign_batch(
@@ -412,12 +403,10 @@ def _sign_batch(
         raise Refused("--out-dir must differ from --csr-dir (certificates would replace *.pem requests)")
     opened = open_ca(ca_dir)  # fails fast, before a passphrase prompt, on a wrong directory
     passphrase = read_passphrase(passphrase_file)
-    # The scrypt derivation (~110 ms, GIL free) runs in a thread while this one lists the
-    # requests, imports the inventory's modules and checks requests ahead.
+    # The scrypt derivation (~130 ms, GIL free) runs in a thread while this one lists the
+    # requests and verifies as many as it can ahead (the workers inherit the verdicts).
     with ThreadPoolExecutor(max_workers=1) as background:
         unlocking = background.submit(opened.unlock, passphrase)
-        from certwright.service import BatchRefusedError
-
         names = _requests_in(csr_dir)
         if not names:
             raise Refused(f"no *.csr, *.pem or *.der files in {csr_dir}")
@@ -439,47 +428,94 @@ def _sign_batch(
         subject=subject,
         lifetime=lifetime,
     )
-    created = _make_dirs(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=".certwright-batch-", dir=out_dir))
+    target = _Target.prepare(out_dir)
     try:
-        try:
-            outcome = _run_batch(
-                opened,
-                csr_dir,
-                names,
-                request,
-                staging,
-                checked=checked,
-                jobs=jobs,
-                keep_going=keep_going,
-                quiet=as_json,
-            )
-        except BatchRefusedError as refused:
-            _say_refused(csr_dir, refused.failures)
-            if as_json:
-                _emit_batch(csr_dir, out_dir, [], refused.failures)
-            raise
+        authority = opened.require_authority()
+        with start_signing(
+            authority, csr_dir, names, request, staging=target.staging, jobs=jobs, checked=checked
+        ) as run:
+            # The workers are signing already; this process imports and opens the inventory
+            # (SQLAlchemy: ~0.3 s of the run) meanwhile, then records what they send back.
+            from certwright.service import BatchRefusedError
+
+            try:
+                outcome = _record_batch(
+                    opened, run, request, total=len(names), keep_going=keep_going, quiet=as_json
+                )
+            except BatchRefusedError as refused:
+                _say_refused(csr_dir, refused.failures)
+                if as_json:
+                    _emit_batch(csr_dir, out_dir, [], refused.failures)
+                raise
         signed, failures = outcome.signed, outcome.failures
         _say_refused(csr_dir, failures)
-        sync(staging)  # recorded and on disk before any certificate becomes visible
-        staged, final = str(staging), str(out_dir)
-        for name in signed:
-            pem = batch_stem(name) + ".pem"
-            os.replace(os.path.join(staged, pem), os.path.join(final, pem))
-        sync(out_dir)
+        target.publish(signed)  # recorded (committed) before any certificate becomes visible
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty(created)
+        target.discard()
         raise
-    staging.rmdir()
-    if not signed:
-        _remove_empty(created)
     if as_json:
         _emit_batch(csr_dir, out_dir, signed, failures)
     else:
         click.echo(f"signed {len(signed)} of {len(names)} requests into {out_dir}")
     if failures:
         raise SystemExit(1)
+
+
+@dataclass
+class _Target:
+    """Where a batch stages its certificates, and how they are moved into ``--out-dir``.
+
+    A new ``--out-dir`` is staged as a hidden sibling and renamed into place in one step
+    (one rename instead of one per certificate, and the certificates appear all at once).
+    An existing one gets a staging directory inside it, and a rename per certificate.
+    """
+
+    out_dir: Path
+    staging: Path
+    created: list[Path]  # directories made for the batch, deepest first
+    whole: bool  # rename the staging directory itself into place
+
+    @classmethod
+    def prepare(cls, out_dir: Path) -> _Target:
+        whole = not out_dir.exists()
+        parent = out_dir.parent if whole else out_dir
+        created = _make_dirs(parent)
+        # Private (0700) until published: nobody reads a certificate before its row is committed.
+        staging = Path(tempfile.mkdtemp(prefix=".certwright-batch-", dir=parent))
+        return cls(out_dir, staging, created, whole)
+
+    def publish(self, signed: list[str]) -> None:
+        """Move the staged certificates of ``signed`` into place (the batch is recorded)."""
+        if not signed:
+            self.discard()
+            return
+        sync(self.staging)
+        if self.whole and self._rename_whole():
+            return
+        self.out_dir.mkdir(exist_ok=True)
+        staged, final = str(self.staging), str(self.out_dir)
+        for name in signed:
+            pem = batch_stem(name) + ".pem"
+            os.replace(os.path.join(staged, pem), os.path.join(final, pem))
+        sync(self.out_dir)
+        self.staging.rmdir()
+
+    def _rename_whole(self) -> bool:
+        umask = os.umask(0o022)  # read it (there is no other way) and put it back
+        os.umask(umask)
+        os.chmod(self.staging, 0o777 & ~umask)  # what mkdir would have given out_dir
+        try:
+            os.rename(self.staging, self.out_dir)
+        except OSError:  # out_dir appeared meanwhile (and is not empty): one file at a time
+            os.chmod(self.staging, 0o700)
+            return False
+        sync(self.out_dir.parent)
+        return True
+
+    def discard(self) -> None:
+        """Throw the staged files away, and the directories made for the batch."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        _remove_empty(self.created)
 
 
 def _say_refused(csr_dir: Path, failures: list[tuple[str, str]]) -> None:

@@ -11,7 +11,6 @@ Example::
 from __future__ import annotations
 
 import datetime
-import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from sqlalchemy.orm import Session
 
-from certwright.batch import BatchRequest, Checked, sign_csr_files
+from certwright.batch import BatchItem, BatchRequest, Checked, start_signing
 from certwright.clock import Clock, SystemClock
 from certwright.errors import CertwrightError
 from certwright.issuance import Authority, Issued, VerifiedCSR
@@ -40,14 +39,13 @@ from certwright.store import (
 )
 from certwright.store.bulk import (
     EncodedRow,
-    Encoders,
+    EventChain,
     EventSpec,
     add_certificates,
     append_events,
-    encode_row,
     encoders_for,
 )
-from certwright.store.records import certificate_fields, issued_fields
+from certwright.store.records import certificate_fields, issued_own_fields, shared_fields
 from certwright.x509.authz import DEFAULT_OID, Authorization
 from certwright.x509.identity import SpiffeId
 from certwright.x509.keys import PublicKey
@@ -166,54 +164,63 @@ class CertificateService:
     ) -> BatchOutcome:
         """Sign a directory of CSRs into ``staging`` on every core; record them all at once.
 
-        Workers turn each certificate into its inventory row as they sign it; this process
-        inserts the rows chunk by chunk inside ONE write transaction, which commits only
-        when every request was signed (or, with ``keep_going``, every signable one). The
-        caller moves staged files into place after this returns, never before: no
-        certificate leaves the CA without its row. Refusals without ``keep_going`` raise
+        :func:`~certwright.batch.start_signing`, then :meth:`record_batch`. The caller
+        moves staged files into place after this returns, never before: no certificate
+        leaves the CA without its row. Refusals without ``keep_going`` raise
         :class:`BatchRefusedError` and record nothing.
         """
         authority = self._authority()
-        now = self.clock.now()
-        describe = functools.partial(
-            _batch_row,
-            issuer=authority.certificate.subject.rfc4514_string(),
-            issuer_key_id=authority.key_identifier,
-            encoders=encoders_for(self.store.engine.dialect),
-            profile=request.profile.name,
-            actor=self.actor,
-            at=now,
-        )
+        with start_signing(
+            authority, directory, names, request, staging=staging, jobs=jobs, checked=checked
+        ) as run:
+            return self.record_batch(run, request, keep_going=keep_going, progress=progress)
+
+    def record_batch(
+        self,
+        chunks: Iterable[list[BatchItem]],
+        request: BatchRequest,
+        *,
+        keep_going: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> BatchOutcome:
+        """Record a batch as its workers sign it (:func:`~certwright.batch.start_signing`).
+
+        Each chunk's rows and audit events are inserted as it arrives, inside ONE write
+        transaction that commits only when every request was signed (or, with
+        ``keep_going``, every signable one). Workers send back each certificate's DER
+        and facts (:class:`~certwright.issuance.Issued`); rows are built from those, not
+        from parsing the certificates. Refusals without ``keep_going`` raise
+        :class:`BatchRefusedError`, and nothing is recorded.
+        """
+        authority = self._authority()
         signed: list[str] = []
         failures: list[tuple[str, str]] = []
-        events: list[EventSpec] = []
         with self.store.write() as session:
-            chunks = sign_csr_files(
-                authority,
-                directory,
-                names,
-                request,
-                staging=staging,
-                jobs=jobs,
-                checked=checked,
-                describe=describe,
+            recorder = _BatchRecorder(
+                session,
+                shared=shared_fields(
+                    issuer=authority.certificate.subject.rfc4514_string(),
+                    issuer_key_id=authority.key_identifier,
+                    profile=request.profile.name,
+                    requested_by=self.actor,
+                    created_at=self.clock.now(),
+                ),
             )
             for chunk in chunks:
-                rows = []
+                issued: list[Issued] = []
                 for item in chunk:
                     if item.error is not None:
                         failures.append((item.name, item.error))
-                        continue
-                    row, event = item.record
-                    signed.append(item.name)
-                    rows.append(row)
-                    events.append(event)
-                add_certificates(session, rows)
+                    else:
+                        signed.append(item.name)
+                        issued.append(item.record)
+                if keep_going or not failures:  # else it is all rolled back: spare the work
+                    recorder.add(issued)
                 if progress is not None:
                     progress(len(chunk))
             if failures and not keep_going:
-                raise BatchRefusedError(sorted(failures), len(names))  # rolls the rows back
-            append_events(session, events)
+                raise BatchRefusedError(sorted(failures), len(signed) + len(failures))  # rolls back
+            recorder.close()
         return BatchOutcome(signed, sorted(failures))
 
     def import_certificates(self, certificates: Iterable[x509.Certificate]) -> ImportReport:
@@ -286,27 +293,34 @@ class BatchRefusedError(CertwrightError):
         self.failures = failures
 
 
-def _batch_row(
-    issued: Issued,
-    *,
-    issuer: str,
-    issuer_key_id: bytes,
-    encoders: Encoders,
-    profile: str,
-    actor: str,
-    at: datetime.datetime,
-) -> tuple[EncodedRow, EventSpec]:
-    """Runs in a batch worker: a certificate's inventory row, encoded, and its audit event."""
-    row = issued_fields(
-        issued,
-        issuer=issuer,
-        issuer_key_id=issuer_key_id,
-        profile=profile,
-        requested_by=actor,
-        created_at=at,
-    )
-    event = EventSpec(AuditKind.ISSUED, actor, at, format(issued.serial, "x"), _details(row[0], profile))
-    return encode_row(encoders, row), event
+class _BatchRecorder:
+    """A batch's rows and issuance events, written chunk by chunk in the caller's transaction.
+
+    The columns every row shares (``shared``: issuer, profile, requester, time) are
+    encoded once; each certificate adds its own columns, its names, and its own event in
+    the hash chain, whose head moves once, in :meth:`close`.
+    """
+
+    def __init__(self, session: Session, *, shared: dict[str, Any]) -> None:
+        self._session = session
+        self._shared = shared
+        self._encode = encoders_for(session.get_bind().dialect).certificates.with_constants(shared)
+        self._chain = EventChain(session)
+
+    def add(self, certificates: Sequence[Issued]) -> None:
+        shared = self._shared
+        actor, at = shared["requested_by"], shared["created_at"]
+        rows, events = [], []
+        for issued in certificates:
+            fields, names = issued_own_fields(issued)
+            rows.append(EncodedRow(self._encode(fields), fields["fingerprint_sha256"], names))
+            details = _details({**shared, **fields}, shared["profile"])
+            events.append(EventSpec(AuditKind.ISSUED, actor, at, format(issued.serial, "x"), details))
+        add_certificates(self._session, rows)
+        self._chain.append(events)
+
+    def close(self) -> None:
+        self._chain.close()
 
 
 def _details(row: CertificateRecord | dict[str, Any], profile: str | None) -> dict[str, Any]:

@@ -59,6 +59,8 @@ def _table(model: type[Base]) -> sa.Table:
 
 
 Row = tuple[dict[str, Any], list[tuple[NameKind, str]]]  # see records.certificate_fields
+# Where a statement runs: an ORM Session's transaction, or a Core Connection's (the request path).
+InTransaction = Session | sa.Connection
 Params = tuple[Any, ...] | dict[str, Any]  # one row's driver parameters
 
 
@@ -97,7 +99,36 @@ class RowEncoder:
         values = [row[key] if process is None else process(row[key]) for key, process in self._processors]
         return tuple(values) if self.positional else dict(zip(self.keys, values, strict=True))
 
-    def insert(self, session: Session, params: Sequence[Params], *, ids: Sequence[int] = ()) -> None:
+    def with_constants(self, constants: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Params]:
+        """:meth:`encode` for rows that share the ``constants`` columns: those are encoded once.
+
+        The returned function takes a mapping of the other columns only. A batch's rows
+        share their issuer, profile, requester, creation time and status; encoding only
+        what differs halves the work per row.
+        """
+        unknown = set(constants) - set(self.keys)
+        if unknown:
+            raise ValueError(f"not columns of this insert: {sorted(unknown)}")
+        template: list[Any] = []
+        varying: list[tuple[int, str, Callable[[Any], Any] | None]] = []
+        for position, (key, process) in enumerate(self._processors):
+            if key in constants:
+                value = constants[key]
+                template.append(value if process is None else process(value))
+            else:
+                template.append(None)
+                varying.append((position, key, process))
+        positional, keys = self.positional, self.keys
+
+        def encode(row: Mapping[str, Any]) -> Params:
+            values = template.copy()
+            for position, key, process in varying:
+                values[position] = row[key] if process is None else process(row[key])
+            return tuple(values) if positional else dict(zip(keys, values, strict=True))
+
+        return encode
+
+    def insert(self, session: InTransaction, params: Sequence[Params], *, ids: Sequence[int] = ()) -> None:
         """Execute the INSERT for many encoded rows (one driver ``executemany``).
 
         With ``explicit_id`` the rows' primary keys are ``ids`` (from :func:`allocate_ids`).
@@ -110,7 +141,7 @@ class RowEncoder:
 
 
 def run_driver_sql(
-    session: Session, sql: str, params: Params | list[Params], *, many: bool = False
+    session: InTransaction, sql: str, params: Params | list[Params], *, many: bool = False
 ) -> list[Any] | None:
     """Run driver-level SQL in the session's transaction; its rows (None: no result set).
 
@@ -163,7 +194,7 @@ class Prepared:
         self.columns = tuple(columns)
         self._forms: dict[sa.Dialect, _PreparedForm] = {}
 
-    def rows(self, session: Session, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    def rows(self, session: InTransaction, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Execute with ``params`` (by bind name); the decoded rows, if the statement returns any."""
         connection, driver = _connection_of(session)
         form = self._forms.get(connection.dialect)
@@ -226,13 +257,16 @@ def _encoded(value: Any, column_type: sa.types.TypeEngine[Any], dialect: sa.Dial
 _CONNECTION_KEY = "certwright.bulk.connection"
 
 
-def _connection_of(session: Session) -> tuple[sa.Connection, Any]:
+def _connection_of(session: InTransaction) -> tuple[sa.Connection, Any]:
     """The session's Connection, and on SQLite its sqlite3 connection (else None).
 
     ``Session.connection()`` costs ~10 us a call; within one transaction the Session keeps
     one Connection, so it is looked up once per transaction (keyed by the transaction
-    object, which a commit or rollback replaces).
+    object, which a commit or rollback replaces). A Connection (the request path's
+    transactions, :meth:`~certwright.store.Store.write_connection`) is used as it is.
     """
+    if isinstance(session, sa.Connection):
+        return session, session.connection.driver_connection if session.dialect.name == "sqlite" else None
     transaction = session.get_transaction()
     cached = session.info.get(_CONNECTION_KEY)
     if cached is not None and transaction is not None and cached[0] is transaction:
@@ -241,6 +275,10 @@ def _connection_of(session: Session) -> tuple[sa.Connection, Any]:
     driver = connection.connection.driver_connection if connection.dialect.name == "sqlite" else None
     session.info[_CONNECTION_KEY] = (session.get_transaction(), connection, driver)
     return connection, driver
+
+
+def _dialect_of(session: InTransaction) -> sa.Dialect:
+    return session.dialect if isinstance(session, sa.Connection) else session.get_bind().dialect
 
 
 def _with_id(ident: int, params: Params) -> Params:
@@ -271,10 +309,15 @@ def _processor(column_type: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> Ca
     if not _is_binary(column_type, dialect):
         return _memoized(process)
     # Binary processors wrap bytes in the driver's Binary (a memoryview on sqlite3), which
-    # cannot be pickled back from a worker; every driver takes plain bytes.
+    # cannot be pickled back from a worker; every driver takes plain bytes. So a plain
+    # binary column passes bytes as they are (wrapping and copying them back cost ~1 us
+    # a value); a TypeDecorator's own conversion always runs.
     inner = process
+    plain = not isinstance(column_type.dialect_impl(dialect), sa.TypeDecorator)
 
     def to_bytes(value: Any) -> Any:
+        if plain and type(value) is bytes:
+            return value
         result = inner(value)
         return bytes(result) if isinstance(result, memoryview) else result
 
@@ -376,7 +419,7 @@ def add_certificates(session: Session, rows: Sequence[Row | EncodedRow]) -> None
     """
     if not rows:
         return
-    encoders = encoders_for(session.get_bind().dialect)
+    encoders = encoders_for(_dialect_of(session))
     encoded = [row if isinstance(row, EncodedRow) else encode_row(encoders, row) for row in rows]
     # Keys are chosen here, not by the insert, so the names can point at their certificate
     # without reading the new ids back.
@@ -397,7 +440,7 @@ def add_certificates(session: Session, rows: Sequence[Row | EncodedRow]) -> None
     encoders.names.insert(session, names)
 
 
-def add_certificate_row(session: Session, row: Row) -> int:
+def add_certificate_row(session: InTransaction, row: Row) -> int:
     """:func:`add_certificates` for one row, returning the new row's id.
 
     The request path's insert (enrol, renew): two driver-level statements, the row
@@ -414,7 +457,7 @@ def add_certificate_row(session: Session, row: Row) -> int:
             f"certificate serial {serial} of {fields['issuer']!r} (or one with the same fingerprint) "
             "is already in the inventory"
         ) from error
-    encoders = encoders_for(session.get_bind().dialect)
+    encoders = encoders_for(_dialect_of(session))
     encode_name = encoders.names.encode
     encoders.names.insert(
         session,
@@ -423,44 +466,71 @@ def add_certificate_row(session: Session, row: Row) -> int:
     return int(ident)
 
 
-def append_events(session: Session, events: Sequence[EventSpec]) -> None:
+def append_events(session: InTransaction, events: Sequence[EventSpec]) -> None:
     """Append events to the hash chain in order: one head lock, one insert, one head update."""
     if not events:
         return
-    encoders = encoders_for(session.get_bind().dialect)
-    ((seq, previous),) = _LOCK_HEAD.rows(session)
-    rows = []
-    encode = encoders.events.encode
-    for event in events:
-        seq += 1
-        at = utc(event.at)  # refuses a naive time, as append_event does
-        details = canonical_json(dict(event.details))
-        digest = event_hash(
-            seq=seq,
-            at=at,
-            kind=event.kind.value,
-            actor=event.actor,
-            subject=event.subject,
-            details=details,
-            prev_hash=previous,
-        )
-        rows.append(
-            encode(
-                {
-                    "seq": seq,
-                    "at": at,
-                    "kind": event.kind,
-                    "actor": event.actor,
-                    "subject": event.subject,
-                    "details": details,
-                    "prev_hash": previous,
-                    "hash": digest,
-                }
+    chain = EventChain(session)
+    chain.append(events)
+    chain.close()
+
+
+class EventChain:
+    """The audit chain's head, locked for one transaction, for appending in several steps.
+
+    A batch appends each chunk's events as the chunk arrives (the work overlaps the
+    signing) and moves the head once, in :meth:`close`. Until the transaction commits
+    nobody else can append: the head row is locked (on SQLite, the writer lock is held).
+    """
+
+    def __init__(self, session: InTransaction) -> None:
+        self._session = session
+        self._events = encoders_for(_dialect_of(session)).events
+        ((self.seq, self.head),) = _LOCK_HEAD.rows(session)
+        self._moved = False
+
+    def append(self, events: Sequence[EventSpec]) -> None:
+        """Chain ``events`` in order after those appended so far, and insert them."""
+        rows = []
+        encode = self._events.encode
+        seq, previous = self.seq, self.head
+        for event in events:
+            seq += 1
+            at = utc(event.at)  # refuses a naive time, as append_event does
+            details = canonical_json(dict(event.details))
+            digest = event_hash(
+                seq=seq,
+                at=at,
+                kind=event.kind.value,
+                actor=event.actor,
+                subject=event.subject,
+                details=details,
+                prev_hash=previous,
             )
-        )
-        previous = digest
-    encoders.events.insert(session, rows)
-    _MOVE_HEAD.rows(session, {"head_seq": seq, "head_hash": previous})
+            rows.append(
+                encode(
+                    {
+                        "seq": seq,
+                        "at": at,
+                        "kind": event.kind,
+                        "actor": event.actor,
+                        "subject": event.subject,
+                        "details": details,
+                        "prev_hash": previous,
+                        "hash": digest,
+                    }
+                )
+            )
+            previous = digest
+        self._events.insert(self._session, rows)
+        self.seq, self.head = seq, previous
+        self._moved = self._moved or bool(rows)
+
+    def close(self) -> None:
+        """Move the head to the last event appended (nothing to do if none was)."""
+        if self._moved:
+            _MOVE_HEAD.rows(self._session, {"head_seq": self.seq, "head_hash": self.head})
+            self._moved = False
 
 
 # Built once, Core on the table (not the ORM entity: an ORM UPDATE costs ~0.3 ms more).
