@@ -28,6 +28,7 @@ from certwright.server.bootstrap import (
 )
 from certwright.server.config import Address, format_address, load_config
 from certwright.server.run import bind, bound_address, run
+from certwright.server.workers import reserve, serve_workers
 from certwright.store import Store
 from certwright.x509.keys import SigningKey
 
@@ -57,6 +58,10 @@ HOOKS = Hooks(create_inventory=create_inventory, load_responder=_load_responder)
     "--db", "db_url", help="Inventory URL, e.g. postgresql+psycopg://... (default: DIR/ca/inventory.db)."
 )
 @click.option("--trust-domain", help="Trust domain of a new CA (first start only; default example.org).")
+@click.option(
+    "--workers",
+    help="Worker processes serving both listeners: a number, or auto (default: one per CPU, up to 8).",
+)
 @passphrase_option
 @click.option(
     "--config",
@@ -70,6 +75,7 @@ def serve(
     http_listen: str | None,
     db_url: str | None,
     trust_domain: str | None,
+    workers: str | None,
     passphrase_file: Path | None,
     config_file: Path | None,
 ) -> None:
@@ -79,9 +85,15 @@ def serve(
     passphrase from $CERTWRIGHT_CA_PASSPHRASE or --passphrase-file), the inventory, the
     server's TLS certificate, DIR/bundle.pem, and DIR/admin.pem + DIR/admin.key (0600), the
     operator's credentials for `certwright token create`. SIGTERM or Ctrl-C stops it
-    gracefully (exit 0).
+    gracefully (exit 0). With several --workers this process supervises them.
     """
-    flags = {"listen": listen, "http_listen": http_listen, "db_url": db_url, "trust_domain": trust_domain}
+    flags = {
+        "listen": listen,
+        "http_listen": http_listen,
+        "db_url": db_url,
+        "trust_domain": trust_domain,
+        "workers": workers,
+    }
     config = load_config(directory, config_file=config_file, env=os.environ, flags=flags)
     first = not is_initialised(config)
     passphrase = _passphrase(passphrase_file, first=first)
@@ -95,10 +107,17 @@ def serve(
         for sock in bound:
             sock.close()
         raise
+    count = config.worker_count
     try:
         _report_setup(prepared)
-        run(prepared, bound, on_ready=lambda servers: _report_ready(prepared, [s.url for s in servers]))
+        if count == 1:
+            run(prepared, bound, on_ready=lambda servers: _report_ready(prepared, [s.url for s in servers]))
+        else:
+            bound = [reserve(sock) for sock in bound]
+            serve_workers(prepared, bound, count=count, on_ready=lambda urls: _report_ready(prepared, urls))
     finally:
+        for sock in bound:
+            sock.close()
         prepared.store.close()
     click.echo("certwright: stopped")
 
@@ -132,6 +151,8 @@ def _report_setup(prepared: Prepared) -> None:
     else:
         click.echo(f"certwright: using {d}")
     click.echo(f"  inventory  {prepared.store.url}")
+    count = config.worker_count
+    click.echo(f"  processes  {count} worker processes" if count > 1 else "  processes  1 (no workers)")
 
 
 def _report_ready(prepared: Prepared, urls: list[str]) -> None:
@@ -152,9 +173,8 @@ def _report_ready(prepared: Prepared, urls: list[str]) -> None:
         f"    TOKEN=$(certwright token create --server {api} --bundle {q(str(d / BUNDLE))} "
         f"--admin-cert {q(str(d / ADMIN_CERT))} --admin-key {q(str(d / ADMIN_KEY))} "
         f"--identity spiffe://{td}/web --dns web.{td})\n"
-        f"    certwright enroll --server {api} --bundle {q(str(d / BUNDLE))} --token \"$TOKEN\" "
+        f'    certwright enroll --server {api} --bundle {q(str(d / BUNDLE))} --token "$TOKEN" '
         "--dns web.{td} --out web\n".replace("{td}", td)
         + f"  the API: curl --cacert {q(str(d / BUNDLE))} {api}/v1/bundle ; {api}/openapi.json\n"
         f"  settings: {d / 'server.toml'} (see docs/server.md)"
     )
-

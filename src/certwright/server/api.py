@@ -55,9 +55,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-import sqlalchemy as sa
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,7 +70,14 @@ from certwright.server.problems import PROBLEM_JSON, Problem, install, logger, p
 from certwright.server.state import ServerState
 from certwright.service.certificates import ca_key_id
 from certwright.service.enrollment import Enrolled, TokenGrant
-from certwright.store import BySerial, CertificateFilter, CertificateRecord, CertificateStatus, Cursor
+from certwright.store import (
+    BySerial,
+    CertificateFilter,
+    CertificateRecord,
+    CertificateStatus,
+    Cursor,
+    WriterBusy,
+)
 from certwright.x509.authz import Authorization
 from certwright.x509.identity import SpiffeId
 from certwright.x509.names import SubjectAltNames
@@ -83,11 +89,10 @@ MAX_PAGE = 1000
 # Past the limit, this much more of a body is read and thrown away before the 413, so a
 # client that writes its whole body first still reads the answer (nginx's lingering close).
 DRAIN_LIMIT = 1 << 20
-_SHA256 = hashes.SHA256()
-_STORED = sa.select(CertificateRecord.profile, CertificateRecord.identity).where(
-    CertificateRecord.fingerprint_sha256 == sa.bindparam("fingerprint")
-)
 _UNKNOWN_PROFILE = "unknown"
+# How long an enrolment or renewal run in the event loop may wait for SQLite's writer turn
+# before it gives up (nothing written) and runs in the worker thread instead.
+INLINE_WRITER_WAIT = 0.02
 
 # -- request and response models (the OpenAPI document is generated from them) -------------
 
@@ -225,6 +230,7 @@ class _Handlers:
         self.state = state
         self.access = CAAccess(verifier=state.verifier, policy=state.policy)
         self.issuer_key_id = ca_key_id(state.ca.intermediate)
+        self._chain_cache: tuple[tuple[x509.Certificate, ...], str] | None = None
 
     def register(self, app: FastAPI) -> None:
         app.post("/v1/tokens", status_code=201, response_model=TokenOut, responses=_problems(400, 401, 403))(
@@ -276,18 +282,20 @@ class _Handlers:
     # The cores of enrol and renew, shared by the FastAPI routes and the direct path (_Direct):
     # blocking (database), so both run them in a worker thread. They return IssuedOut's fields.
 
-    def enroll_fields(self, token: str, csr_pem: str) -> dict[str, Any]:
+    def enroll_fields(self, token: str, csr_pem: str, writer_wait: float | None = None) -> dict[str, Any]:
         with self._observed("enroll") as outcome:
             csr = _parse_csr(csr_pem)
-            enrolled = self.state.enrollment.enroll(token, csr, actor="api:enroll")
+            enrolled = self.state.enrollment.enroll(token, csr, actor="api:enroll", writer_wait=writer_wait)
             return self._issued(enrolled, outcome)
 
-    def renew_fields(self, scope: Scope, csr_pem: str) -> dict[str, Any]:
+    def renew_fields(self, scope: Scope, csr_pem: str, writer_wait: float | None = None) -> dict[str, Any]:
         with self._observed("renew") as outcome:
             peer = self.access.authorize(scope)
             csr = _parse_csr(csr_pem)
             # The identity comes from the verified certificate, never from the request.
-            enrolled = self.state.enrollment.renew(peer.certificate, csr, actor=_actor(peer))
+            enrolled = self.state.enrollment.renew(
+                peer.certificate, csr, actor=_actor(peer), writer_wait=writer_wait
+            )
             return self._issued(enrolled, outcome)
 
     def _grant(self, body: TokenIn) -> TokenGrant:
@@ -303,28 +311,26 @@ class _Handlers:
 
     def _issued(self, enrolled: Enrolled, outcome: _Outcome) -> dict[str, Any]:
         certificate = enrolled.certificate
-        stored = self._stored(certificate)
-        if stored is None:
-            # Never hand out a certificate the inventory does not hold (it could not be revoked).
+        recorded = enrolled.recorded
+        if recorded is None:
+            # Never hand out a certificate the inventory does not hold (it could not be
+            # revoked): the service sets ``recorded`` only after its transaction committed.
             raise RuntimeError(f"issued certificate {certificate.serial_number:x} is not in the inventory")
-        profile, identity = stored
-        outcome.profile = profile or _UNKNOWN_PROFILE
+        outcome.profile = recorded.profile
         return {  # IssuedOut's fields, in its order
             "certificate": _pem(certificate),
-            "chain": "".join(_pem(c) for c in enrolled.chain),
+            "chain": self._chain_pem(enrolled.chain),
             "serial": format(certificate.serial_number, "x"),
             "not_after": _iso(certificate.not_valid_after_utc),
-            "identity": identity,
+            "identity": recorded.identity,
         }
 
-    def _stored(self, certificate: x509.Certificate) -> tuple[str | None, str | None] | None:
-        """(profile, identity) of the committed row with this certificate's exact DER hash."""
-        # One indexed lookup of two columns on every enrolment and renewal: a Core statement
-        # built once, on a plain connection (a third of an ORM session's cost).
-        store = self.state.store
-        with store.translate_errors(), store.engine.connect() as connection:
-            row = connection.execute(_STORED, {"fingerprint": certificate.fingerprint(_SHA256)}).first()
-        return None if row is None else (row[0], row[1])
+    def _chain_pem(self, chain: tuple[x509.Certificate, ...]) -> str:
+        # The same chain for every answer until the CA rotates: encoded once per chain.
+        cached = self._chain_cache
+        if cached is None or cached[0] != chain:
+            cached = self._chain_cache = (chain, "".join(_pem(c) for c in chain))
+        return cached[1]
 
     @contextlib.contextmanager
     def _observed(self, kind: str) -> Iterator[_Outcome]:
@@ -332,6 +338,8 @@ class _Handlers:
         start = time.perf_counter()
         try:
             yield outcome
+        except WriterBusy:
+            raise  # not an outcome: the request is tried again in a worker thread (_Direct)
         except Exception as exc:
             verdict = "refused" if problem_for(exc).status < 500 else "error"
             self.state.metrics.observe_issuance(kind, outcome.profile, verdict, time.perf_counter() - start)
@@ -515,7 +523,17 @@ class _Direct:
     validation and serialisation, and two thread hops; these two endpoints carry the load,
     so they are answered here: the body is checked by hand, strictly (a JSON object with
     exactly the model's fields, all strings within the models' lengths), the shared core
-    runs in one worker thread, and the answer is written as FastAPI would write it.
+    runs, and the answer is written as FastAPI would write it.
+
+    Where the core runs: on SQLite, in the event loop itself, as a synchronous worker
+    would (a hop to a worker thread and back cost ~0.2 ms of CPU a request, a fifth of an
+    enrolment; the worker processes of :mod:`certwright.server.workers` give the
+    concurrency). It may wait at most ``INLINE_WRITER_WAIT`` for the database's writer
+    turn; when another writer holds it longer (a CLI batch, a token being made), the core
+    gives up before writing anything (``WriterBusy``) and runs again in the worker thread,
+    so the loop never stalls behind a long transaction. On PostgreSQL, whose round trips
+    the loop must not wait for, always in a worker thread (the loop's default executor:
+    transactions overlap).
 
     A request that is not plainly well-formed (another content type, bad JSON, a missing,
     extra or mistyped field, a length over the limit) is handed to the FastAPI app with its
@@ -528,11 +546,11 @@ class _Direct:
         self.app = app
         self.handlers = handlers
         # SQLite has one writer at a time (the store queues this process's writers): one
-        # worker thread runs them in arrival order without handing locks between threads,
-        # 10-15 % less CPU a request at 8 clients than the loop's default executor
-        # (benchmarks/bench_server.py). PostgreSQL: the default executor, transactions overlap.
+        # worker thread runs the requests that could not run inline, in arrival order.
         self.executor: ThreadPoolExecutor | None = None
-        if handlers.state.store.dialect == "sqlite":
+        self.inline = handlers.state.store.dialect == "sqlite"
+        self._loop_keeps_connections = False
+        if self.inline:
             self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certwright-api-sqlite")
         routes = {getattr(r, "path", None): r for r in app.routes}
         # Per path: the route (its template labels the metrics, as Starlette's routing sets
@@ -558,9 +576,8 @@ class _Direct:
             await self.app(scope, _replay(body, receive), send)  # FastAPI refuses it, its way
             return
         scope["route"] = route
-        loop = asyncio.get_running_loop()
         try:
-            document = await loop.run_in_executor(self.executor, core, scope, fields)
+            document = await self._run(core, scope, fields)
         except Exception as exc:
             problem = problem_for(exc)
             if problem.status >= 500:  # logged as FastAPI's handlers do: a traceback if unexpected
@@ -570,11 +587,25 @@ class _Direct:
             return
         await _send(send, 201, "application/json", _json(document))
 
-    def _enroll(self, scope: Scope, fields: dict[str, str]) -> dict[str, Any]:
-        return self.handlers.enroll_fields(fields["token"], fields["csr"])
+    async def _run(
+        self, core: Callable[..., dict[str, Any]], scope: Scope, fields: dict[str, str]
+    ) -> dict[str, Any]:
+        if self.inline:
+            if not self._loop_keeps_connections:  # the loop's thread: first request
+                self.handlers.state.store.keep_connections_in_this_thread()
+                self._loop_keeps_connections = True
+            try:
+                return core(scope, fields, INLINE_WRITER_WAIT)
+            except WriterBusy:
+                pass  # nothing was written: run it where waiting costs no one else
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, core, scope, fields, None)
 
-    def _renew(self, scope: Scope, fields: dict[str, str]) -> dict[str, Any]:
-        return self.handlers.renew_fields(scope, fields["csr"])
+    def _enroll(self, scope: Scope, fields: dict[str, str], writer_wait: float | None) -> dict[str, Any]:
+        return self.handlers.enroll_fields(fields["token"], fields["csr"], writer_wait)
+
+    def _renew(self, scope: Scope, fields: dict[str, str], writer_wait: float | None) -> dict[str, Any]:
+        return self.handlers.renew_fields(scope, fields["csr"], writer_wait)
 
 
 def _limits(model: type[BaseModel]) -> dict[str, int | None]:

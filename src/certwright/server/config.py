@@ -24,6 +24,7 @@ import dataclasses
 import datetime
 import ipaddress
 import json
+import os
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -45,6 +46,8 @@ SERVER_IDENTITY_PATH = "certwright/server"
 ADMIN_IDENTITY_PATH = "certwright/admin"
 ADMIN_ROLE = "certwright.admin"
 POLICY_SERVICE = "certwright-ca"  # the service name the CA's own access policy speaks of
+MAX_WORKERS = 64
+MAX_AUTO_WORKERS = 8  # auto: one per CPU, up to this many (SQLite has one writer anyway)
 
 Address = tuple[str, int]
 
@@ -125,6 +128,7 @@ class ServerConfig:
     max_token_ttl: datetime.timedelta = datetime.timedelta(days=7)
     renew_check: datetime.timedelta = datetime.timedelta(hours=1)  # how often a running server looks
     shutdown_timeout: float = 30.0
+    workers: int = 0  # processes serving both listeners; 0: one per CPU this process may use
     access_log: bool = True
     log_level: str = "info"
     public_url_explicit: bool = field(default=False, compare=False)
@@ -137,6 +141,8 @@ class ServerConfig:
             raise ConfigError("ocsp_refresh_before must be positive and shorter than ocsp_validity")
         if self.shutdown_timeout < 0:
             raise ConfigError("shutdown_timeout must not be negative")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers must be 1 to {MAX_WORKERS}, or auto (one per CPU)")
         if self.public_base_url:
             if not self.public_base_url.startswith(("http://", "https://")):
                 raise ConfigError(f"public_url: {self.public_base_url!r} must start with http://")
@@ -163,6 +169,13 @@ class ServerConfig:
     @property
     def ocsp_url(self) -> str:
         return self.public_base_url + "/ocsp"
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes to run: ``workers``, or one per usable CPU (``auto``)."""
+        if self.workers:
+            return self.workers
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
 
     def server_identity(self) -> str:
         return f"spiffe://{self.trust_domain}/{SERVER_IDENTITY_PATH}"
@@ -217,9 +230,18 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _workers(value: Any) -> int:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return 0
+    count = _int(value)
+    if count < 1:
+        raise ValueError(f"{count} worker processes: give 1 or more, or auto")
+    return count
+
+
 def _duration(value: Any) -> datetime.timedelta:
     if not isinstance(value, str):
-        raise ValueError("expected a duration such as \"15m\" or \"1d\"")
+        raise ValueError('expected a duration such as "15m" or "1d"')
     return parse_duration(value)
 
 
@@ -244,6 +266,7 @@ _SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "max_token_ttl": ("max_token_ttl", _duration),
     "renew_check": ("renew_check", _duration),
     "shutdown_timeout": ("shutdown_timeout", _float),
+    "workers": ("workers", lambda v: _workers(v)),
     "access_log": ("access_log", _bool),
     "log_level": ("log_level", _text),
 }
@@ -332,6 +355,7 @@ def template(config: ServerConfig) -> str:
         f"# server_ips = {json.dumps(list(c.server_ips))}",
         f"# renew_check = {json.dumps(format_duration(c.renew_check))}  # own certificates checked",
         f"# shutdown_timeout = {c.shutdown_timeout}",
+        f"# workers = {c.workers or json.dumps('auto')}       # processes; auto: one per CPU",
         f"# access_log = {'true' if c.access_log else 'false'}",
         f"# log_level = {json.dumps(c.log_level)}",
         "",

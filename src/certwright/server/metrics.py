@@ -4,10 +4,14 @@ Every collector lives in the :class:`Metrics` object's own ``CollectorRegistry``
 prometheus-client's global one: two servers in one process (the tests run several) keep
 separate counts, and nothing is registered at import time.
 
-Replicas: each ``serve`` process counts what it did and exposes it on its own
+Replicas: each ``serve`` replica counts what it did and exposes it on its own
 ``/metrics``; Prometheus scrapes every replica and queries add them up
-(``sum by (profile, outcome) (rate(certwright_issuance_total[5m]))``). No multi-process
-mode is needed, since one process serves both listeners with its own threads.
+(``sum by (profile, outcome) (rate(certwright_issuance_total[5m]))``). The worker
+processes of one replica (:mod:`certwright.server.workers`) share one port, so a scrape
+must see all of them: with ``multiprocess_dir`` the values live in prometheus-client's
+memory-mapped files there (its multi-process mode) and every worker's ``/metrics`` adds
+up all workers, those that exited included (counters never go back). The ``process_*``
+collector describes one process, so it is left out in that mode.
 
 Label values are bounded, so a caller cannot grow the number of series: ``kind`` and
 ``outcome`` must be among the documented values (anything else is a programming error and
@@ -25,13 +29,16 @@ Example::
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,7 +63,16 @@ class Metrics:
     memory, open files) of this process.
     """
 
-    def __init__(self, *, profiles: Iterable[str] | None = None, process: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        profiles: Iterable[str] | None = None,
+        process: bool = True,
+        multiprocess_dir: Path | None = None,
+    ) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            _use_multiprocess_values(multiprocess_dir)
         self.registry = CollectorRegistry(auto_describe=True)
         self._profiles = frozenset(profiles) if profiles is not None else None
         self.issuance = Counter(
@@ -94,6 +110,7 @@ class Metrics:
             "certwright_crl_number",
             "The number of the CRL this process serves (another replica may serve a higher one).",
             registry=self.registry,
+            multiprocess_mode="max",  # workers: the highest any of them serves
         )
         self.http_requests = Counter(
             "certwright_http_requests",
@@ -109,9 +126,28 @@ class Metrics:
             registry=self.registry,
         )
         self._ocsp_cache = _OCSPCacheCollector()
-        self.registry.register(self._ocsp_cache)
-        if process:
-            ProcessCollector(registry=self.registry)
+        if multiprocess_dir is None:
+            self.registry.register(self._ocsp_cache)
+            if process:
+                ProcessCollector(registry=self.registry)
+        else:
+            # The responder's own counters are copied into shared counters (publish()).
+            self._ocsp_published = OCSPStats(from_cache=0, signed=0, unsuccessful=0)
+            self.ocsp_cache_hits = Counter(
+                "certwright_ocsp_cache_hits",
+                "OCSP answers served from the pre-signed cache.",
+                registry=self.registry,
+            )
+            self.ocsp_signatures = Counter(
+                "certwright_ocsp_signatures",
+                "OCSP responses signed (cache misses and nonces).",
+                registry=self.registry,
+            )
+
+    @property
+    def multiprocess(self) -> bool:
+        """Whether the values are shared with other worker processes (see the module doc)."""
+        return self.multiprocess_dir is not None
 
     def observe_issuance(self, kind: str, profile: str, outcome: str, seconds: float) -> None:
         """Count one token/enrol/renew request and its latency.
@@ -151,17 +187,45 @@ class Metrics:
         """Expose the OCSP responder's own counters (cache hits, signatures) at scrape time."""
         self._ocsp_cache.source = stats
 
+    def publish(self) -> None:
+        """Multi-process mode: add what the OCSP responder counted since the last call to the
+        shared counters (a worker does so every few seconds, and before answering a scrape)."""
+        source = self._ocsp_cache.source
+        if self.multiprocess_dir is None or source is None:
+            return
+        stats, published = source(), self._ocsp_published
+        self.ocsp_cache_hits.inc(max(0, stats.from_cache - published.from_cache))
+        self.ocsp_signatures.inc(max(0, stats.signed - published.signed))
+        self._ocsp_published = stats
+
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
-        """The exposition (body, content type): Prometheus text, or OpenMetrics if ``accept`` asks."""
+        """The exposition (body, content type): Prometheus text, or OpenMetrics if ``accept`` asks.
+
+        Multi-process mode: the sum over every worker's files.
+        """
+        registry = self.registry
+        if self.multiprocess_dir is not None:
+            self.publish()
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
         if accept:
             encoder, content_type = choose_encoder(accept)
-            return encoder(self.registry), content_type
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+            return encoder(registry), content_type
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def _profile_label(self, profile: str) -> str:
         if self._profiles is not None and profile not in self._profiles:
             return OTHER  # unknown names come from requests: they must not create series
         return profile
+
+
+def _use_multiprocess_values(directory: Path) -> None:
+    """Make new metric values memory-mapped files in ``directory`` (prometheus-client's
+    multi-process mode), whether or not prometheus-client was imported before."""
+    if not directory.is_dir():
+        raise ValueError(f"metrics directory {directory} does not exist")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 class _OCSPCacheCollector(Collector):

@@ -30,9 +30,9 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Coroutine, Generator, Sequence
+from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -52,19 +52,23 @@ from certwright.server.state import ServerState
 from certwright.service import CertificateService, RevocationService, StoreStatusSource
 from certwright.service.certificates import ca_key_id
 from certwright.service.enrollment import EnrollmentService
-from certwright.store import CertificateRecord, Store
 from certwright.store import CertificateStatus as StoredStatus
+from certwright.store import Store
+from certwright.store.tokens import certificate_status
 from certwright.store.types import serial_to_bytes
 
 _log = logging.getLogger("certwright.server")
 ACTOR = "certwright-serve"
+METRICS_PUBLISH_SECONDS = 5.0
 
 
-def bind(address: Address) -> socket.socket:
+def bind(address: Address, *, reuse_port: bool = False) -> socket.socket:
     """A TCP socket bound to ``address`` (not yet listening): the port is known at once.
 
     IPPROTO_TCP rather than 0, as in :mod:`certwright.mtls.uvicorn`: asyncio sets
     TCP_NODELAY on accepted connections only when the listening socket says it is TCP.
+    ``reuse_port``: SO_REUSEPORT, so that worker processes each listen on the address
+    (:mod:`certwright.server.workers`); every socket of the group must set it.
     Raises ``OSError`` (address in use, permission denied) for the caller to report.
     """
     host, port = address
@@ -72,6 +76,8 @@ def bind(address: Address) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
@@ -107,25 +113,24 @@ class InventoryRevocation:
             raise VerificationError("the certificate was not issued by this CA's issuing certificate")
         serial = certificate.serial_number
         serial_to_bytes(serial)  # an unstorable serial is refused (InvalidInputError), not looked up
-        # Every mTLS request of the API runs this: a Core statement built once, on a plain
-        # connection, costs a third of StoreStatusSource.lookup's ORM session.
-        store = self._store
-        with store.translate_errors(), store.engine.connect() as connection:
-            row = connection.execute(_STATUS, {"serial": serial, "issuer_key_id": self._key_id}).first()
-        if row is None:
+        # Every mTLS request of the API runs this: a prepared statement on a plain
+        # connection (a sixth of StoreStatusSource.lookup's ORM session).
+        with self._store.read_connection() as connection:
+            status = certificate_status(connection, serial, self._key_id)
+        if status is None:
             raise VerificationError(f"certificate {serial:x} is not in the inventory")
-        if row[0] is not StoredStatus.GOOD:  # revoked or on hold
+        if status is not StoredStatus.GOOD:  # revoked or on hold
             raise VerificationError(f"certificate {serial:x} is revoked")
 
 
-_STATUS = sa.select(CertificateRecord.status).where(
-    CertificateRecord.serial == sa.bindparam("serial"),
-    CertificateRecord.issuer_key_id == sa.bindparam("issuer_key_id"),
-)
+def build_state(
+    prepared: Prepared, *, clock: Clock | None = None, metrics_dir: Path | None = None
+) -> ServerState:
+    """The shared state of both apps, from a prepared data directory.
 
-
-def build_state(prepared: Prepared, *, clock: Clock | None = None) -> ServerState:
-    """The shared state of both apps, from a prepared data directory."""
+    ``metrics_dir``: the directory the worker processes of one server share their metrics
+    through (:mod:`certwright.server.workers`); None for a single process.
+    """
     from certwright.server.metrics import Metrics  # prometheus-client: only the server needs it
 
     clock = clock or SystemClock()
@@ -161,7 +166,7 @@ def build_state(prepared: Prepared, *, clock: Clock | None = None) -> ServerStat
             clock=clock,
         ),
         policy=PolicySource(prepared.policy),
-        metrics=Metrics(profiles=ca.profiles),
+        metrics=Metrics(profiles=ca.profiles, multiprocess_dir=metrics_dir),
     )
 
 
@@ -242,36 +247,63 @@ def run(
     *,
     on_ready: Callable[[list[Listener]], None] | None = None,
     clock: Clock | None = None,
+    renew_own: bool = True,
+    metrics_dir: Path | None = None,
+    signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
 ) -> None:
     """Serve until SIGTERM/SIGINT; ``on_ready`` is called once both listeners accept.
 
+    ``renew_own``: whether this process renews the server's own certificates when due
+    (one worker of several does; every worker follows the OCSP responder's rotation).
+    ``signals``: those that stop it (a worker leaves SIGINT to its supervisor).
     Raises when a listener cannot start or stops on its own (the caller exits non-zero).
     """
-    state = build_state(prepared, clock=clock)
+    clock = clock or SystemClock()
+    state = build_state(prepared, clock=clock, metrics_dir=metrics_dir)
     servers = listeners(state, prepared, sockets)
     factory = servers[0].config.get_loop_factory()
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_serve(servers, on_ready, lambda: _maintain(prepared, state.ocsp, clock or SystemClock())))
+
+        def maintain() -> Coroutine[Any, Any, None]:
+            return _maintain(prepared, state, clock, renew_own=renew_own)
+
+        runner.run(_serve(servers, on_ready, maintain, signals=signals))
 
 
-async def _maintain(prepared: Prepared, ocsp: OCSPResponder, clock: Clock) -> None:
+async def _maintain(prepared: Prepared, state: ServerState, clock: Clock, *, renew_own: bool) -> None:
     """Keep the server's own certificates fresh while it runs (renewed at two thirds).
 
     The server certificate's files are rewritten and the TLS context loads them for new
     handshakes by itself; the OCSP responder is handed its new pair (:meth:`OCSPResponder.rotate`).
+    Worker processes also publish their OCSP cache counters to the shared metrics here.
     """
     interval = prepared.config.renew_check.total_seconds()
+    publisher = None
+    if state.metrics.multiprocess:
+        publisher = asyncio.get_running_loop().create_task(_publish_metrics(state), name="certwright-metrics")
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                issued = await asyncio.to_thread(renew_due, prepared, clock=clock) if renew_own else []
+                if await asyncio.to_thread(rotate_responder_if_due, prepared, state.ocsp, clock):
+                    issued.append("ocsp-responder")
+            except Exception:  # a database hiccup must not stop the server: try again next time
+                _log.exception("cannot renew the server's own certificates; trying again in %s s", interval)
+                continue
+            if issued:
+                _log.info("issued anew: %s", ", ".join(issued))
+    finally:
+        if publisher is not None:
+            publisher.cancel()
+
+
+async def _publish_metrics(state: ServerState) -> None:
+    # Counters kept in the responder's memory reach the shared files every few seconds,
+    # whichever worker a scrape lands on (that one publishes its own at scrape time).
     while True:
-        await asyncio.sleep(interval)
-        try:
-            issued = await asyncio.to_thread(renew_due, prepared, clock=clock)
-            if await asyncio.to_thread(rotate_responder_if_due, prepared, ocsp, clock):
-                issued.append("ocsp-responder")
-        except Exception:  # a database hiccup must not stop the server: try again next time
-            _log.exception("cannot renew the server's own certificates; trying again in %s s", interval)
-            continue
-        if issued:
-            _log.info("issued anew: %s", ", ".join(issued))
+        await asyncio.sleep(METRICS_PUBLISH_SECONDS)
+        state.metrics.publish()
 
 
 def rotate_responder_if_due(prepared: Prepared, ocsp: OCSPResponder, clock: Clock) -> bool:
@@ -292,6 +324,8 @@ async def _serve(
     servers: list[Listener],
     on_ready: Callable[[list[Listener]], None] | None,
     maintain: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    *,
+    signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
 ) -> None:
     loop = asyncio.get_running_loop()
     stopping: list[int] = []
@@ -305,7 +339,7 @@ async def _serve(
         for server in servers:
             server.should_exit = True
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in signals:
         loop.add_signal_handler(signum, stop, signum)
     tasks = [loop.create_task(s.serve_bound(), name=f"certwright-{s.what}") for s in servers]
     maintenance: asyncio.Task[None] | None = None
@@ -330,7 +364,7 @@ async def _serve(
             maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintenance
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in signals:
             loop.remove_signal_handler(signum)
     for result in results:
         if isinstance(result, BaseException):

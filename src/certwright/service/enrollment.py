@@ -48,24 +48,24 @@ from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from sqlalchemy.orm import Session
 
 from certwright.clock import Clock, SystemClock
 from certwright.errors import CertwrightError, InvalidCSRError, InvalidInputError, PolicyViolation
 from certwright.issuance import Authority, Issued, verify_csr
 from certwright.service.certificates import _details
 from certwright.store import AuditKind, CertificateStatus, Store
-from certwright.store.bulk import EventSpec, add_certificate_row, append_events
+from certwright.store.bulk import EventSpec, InTransaction, add_certificate_row, append_events
 from certwright.store.models import EnrollmentToken
 from certwright.store.records import issued_fields
 from certwright.store.tokens import (
     HeldCertificate,
     RedeemedToken,
-    find_token,
+    TokenState,
     insert_token,
     link_certificate,
     lock_held,
     redeem,
+    token_state,
 )
 from certwright.x509.authz import DEFAULT_OID, Authorization
 from certwright.x509.identity import SpiffeId
@@ -153,10 +153,23 @@ class CreatedToken:
 
 @dataclass(frozen=True)
 class Enrolled:
-    """A certificate the inventory holds, and the chain to send with it (no root)."""
+    """A certificate the inventory holds, and the chain to send with it (no root).
+
+    ``recorded`` is what its committed row says (profile, identity), set only once the
+    transaction that stored it has committed; an edge must not hand out a certificate
+    without it.
+    """
 
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
+    recorded: Recorded | None = None
+
+
+class Recorded(NamedTuple):
+    """The profile and identity a certificate's committed inventory row holds."""
+
+    profile: str
+    identity: str | None
 
 
 class _Asked(NamedTuple):
@@ -211,9 +224,9 @@ class EnrollmentService:
         token_id = secrets.token_hex(8)
         expires_at = now + ttl
         lifetime = None if grant.lifetime is None else int(grant.lifetime.total_seconds())
-        with self.store.write() as session:
+        with self.store.write_connection() as connection:
             insert_token(
-                session,
+                connection,
                 token_id=token_id,
                 token_hash=_hash_secret(secret),
                 identity=str(grant.identity),
@@ -239,7 +252,7 @@ class EnrollmentService:
                 "lifetime_seconds": lifetime,
                 "expires_at": expires_at.isoformat(),
             }
-            append_event(session, EventSpec(AuditKind.TOKEN, actor, now, f"token:{token_id}", details))
+            append_event(connection, EventSpec(AuditKind.TOKEN, actor, now, f"token:{token_id}", details))
         return CreatedToken(secret=secret, token_id=token_id, grant=grant, expires_at=expires_at)
 
     def _checked_grant(self, grant: TokenGrant) -> TokenGrant:
@@ -286,13 +299,22 @@ class EnrollmentService:
 
     # -- enrolment ---------------------------------------------------------------------
 
-    def enroll(self, secret: str, csr: x509.CertificateSigningRequest, *, actor: str) -> Enrolled:
+    def enroll(
+        self,
+        secret: str,
+        csr: x509.CertificateSigningRequest,
+        *,
+        actor: str,
+        writer_wait: float | None = None,
+    ) -> Enrolled:
         """Redeem the token and issue for the CSR in one transaction (all or nothing).
 
         Raises :class:`InvalidCSRError` (bad signature or extensions), :class:`TokenError`
         (unknown, used or expired token; the CSR names another identity),
         :class:`PolicyViolation` (the CSR asks for a name the token does not grant, or its
         key type is not allowed by the profile). The token stays unused after any error.
+        ``writer_wait``: see :meth:`~certwright.store.Store.write_connection` (``WriterBusy``,
+        raised before anything is written).
         """
         _check_actor(actor)
         verified = verify_csr(csr)  # RFC 2986 3: proof of possession, before touching the database
@@ -302,13 +324,14 @@ class EnrollmentService:
         # An unknown, used or expired token is refused from a read transaction: guessing
         # (unauthenticated, free to send) must not queue for the database's one writer. The
         # conditional UPDATE below stays the authority on single use.
-        with self.store.read() as session:
-            if not _may_redeem(session, token_hash, now):
-                raise _refusal(session, token_hash, now)
-        with self.store.write() as session:
-            token = redeem(session, token_hash, at=now, by=actor)
+        with self.store.read_connection() as connection:
+            state = token_state(connection, token_hash)
+            if state is None or not state.redeemable(now):
+                raise _refusal(state, now)
+        with self.store.write_connection(wait=writer_wait) as connection:
+            token = redeem(connection, token_hash, at=now, by=actor)
             if token is None:
-                raise _refusal(session, token_hash, now)
+                raise _refusal(token_state(connection, token_hash), now)
             grant = grant_of(token)
             profile = self._profile(grant.profile, what=f"token {token.token_id}")
             sans = _within_grant(asked, grant, token.token_id)
@@ -321,7 +344,7 @@ class EnrollmentService:
                 lifetime=_capped(grant.lifetime, profile),
             )
             certificate = self._record(
-                session,
+                connection,
                 issued,
                 profile=profile.name,
                 actor=actor,
@@ -329,7 +352,9 @@ class EnrollmentService:
                 extra={"token_id": token.token_id},
                 token_pk=token.id,
             )
-        return Enrolled(certificate=certificate, chain=self._issuer().chain)
+        # Committed (the block above raised otherwise): the row holds what was recorded.
+        recorded = Recorded(profile.name, str(grant.identity))
+        return Enrolled(certificate=certificate, chain=self._issuer().chain, recorded=recorded)
 
     def _profile(self, name: str, *, what: str) -> Profile:
         profile = self.profiles.get(name)
@@ -342,7 +367,12 @@ class EnrollmentService:
     # -- renewal -----------------------------------------------------------------------
 
     def renew(
-        self, presented: x509.Certificate, csr: x509.CertificateSigningRequest, *, actor: str
+        self,
+        presented: x509.Certificate,
+        csr: x509.CertificateSigningRequest,
+        *,
+        actor: str,
+        writer_wait: float | None = None,
     ) -> Enrolled:
         """Issue a successor for ``presented`` (verified by the TLS handshake): same identity.
 
@@ -351,15 +381,15 @@ class EnrollmentService:
         presented certificate) and the profile's default lifetime. Raises
         :class:`RenewalError` (certificate unknown to the inventory, revoked, on hold,
         expired, without a profile; the CSR asks for another identity or more names) or
-        :class:`InvalidCSRError`.
+        :class:`InvalidCSRError`. ``writer_wait``: as for :meth:`enroll`.
         """
         _check_actor(actor)
         verified = verify_csr(csr)
         asked = _asked(verified.csr)
         fingerprint = presented.fingerprint(_SHA256)
         now = self.clock.now()
-        with self.store.write() as session:
-            row, profile = self._renewable(lock_held(session, fingerprint), now)
+        with self.store.write_connection(wait=writer_wait) as connection:
+            row, profile = self._renewable(lock_held(connection, fingerprint), now)
             identity = SpiffeId.parse(row.identity) if row.identity is not None else None
             sans = _within_held(asked, identity, SubjectAltNames.of(presented))
             issued = self.authority.issue_issued(
@@ -373,14 +403,15 @@ class EnrollmentService:
                 lifetime=self._held_lifetime(presented, profile),
             )
             certificate = self._record(
-                session,
+                connection,
                 issued,
                 profile=profile.name,
                 actor=actor,
                 at=now,
                 extra={"renewed_from": row.serial_hex},
             )
-        return Enrolled(certificate=certificate, chain=self._issuer().chain)
+        recorded = Recorded(profile.name, row.identity)  # committed, as in enroll()
+        return Enrolled(certificate=certificate, chain=self._issuer().chain, recorded=recorded)
 
     def _held_lifetime(self, presented: x509.Certificate, profile: Profile) -> datetime.timedelta:
         validity = presented.not_valid_after_utc - presented.not_valid_before_utc
@@ -414,7 +445,7 @@ class EnrollmentService:
 
     def _record(
         self,
-        session: Session,
+        session: InTransaction,
         issued: Issued,
         *,
         profile: str,
@@ -475,7 +506,7 @@ class _IssuerFacts(NamedTuple):
     subject: str  # RFC 4514, as the inventory files the issuer
 
 
-def append_event(session: Session, event: EventSpec) -> None:
+def append_event(session: InTransaction, event: EventSpec) -> None:
     """Append one audit event: Core statements, the chain's head row held until the commit."""
     append_events(session, [event])
 
@@ -506,15 +537,8 @@ def _check_actor(actor: str) -> None:
         raise InvalidInputError(f"the actor must be 1 to {_MAX_ACTOR_LENGTH} characters")
 
 
-def _may_redeem(session: Session, token_hash: bytes, now: datetime.datetime) -> bool:
-    """Whether a token with this hash exists, unused and unexpired (a read: no lock)."""
-    token = find_token(session, token_hash)
-    return token is not None and token.used_at is None and now < token.expires_at
-
-
-def _refusal(session: Session, token_hash: bytes, now: datetime.datetime) -> TokenError:
-    """Why the conditional UPDATE matched nothing (for the log; callers see public_message)."""
-    token = find_token(session, token_hash)
+def _refusal(token: TokenState | None, now: datetime.datetime) -> TokenError:
+    """Why a token may not be redeemed (for the log; callers see public_message)."""
     if token is None:
         return TokenError("no token has this secret", problem=TokenProblem.UNKNOWN)
     if token.used_at is not None:

@@ -15,6 +15,7 @@ from certwright.store.errors import (
     DuplicateCertificateError,
     SchemaOutOfDateError,
     StoreError,
+    WriterBusy,
 )
 from certwright.store.migrate import head_revision, upgrade
 from certwright.store.models import (
@@ -76,6 +77,7 @@ __all__ = [
     "Selector",
     "Store",
     "StoreError",
+    "WriterBusy",
     "add_certificate",
     "append_event",
     "audit_head",

@@ -17,6 +17,15 @@ class StoreError(CertwrightError):
     """
 
 
+class WriterBusy(StoreError):
+    """The database's writer turn was not free within the short wait the caller asked for
+    (:meth:`~certwright.store.Store.write_connection` with ``wait``); nothing was written.
+
+    A caller that cannot afford to wait long in its own thread (an event loop) tries
+    again where it can (a worker thread).
+    """
+
+
 class SchemaOutOfDateError(StoreError):
     """The database schema is older (or newer) than this certwright; ``certwright db upgrade``."""
 

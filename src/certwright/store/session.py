@@ -17,8 +17,10 @@ Writers of one process also queue in front of SQLite, first come first served, o
 per database file (:class:`_WriterQueue`): SQLite's busy handler makes a waiting writer
 sleep and retry in growing steps (up to 100 ms), so under load a writer could wait many
 commits longer than its turn (a p99 of ~1 s at 8 concurrent requests); queued, the next
-writer starts as soon as the previous one commits. Other processes (replicas, the CLI)
-still meet at SQLite's lock and its ``busy_timeout``.
+writer starts as soon as the previous one commits. Between processes (the workers of
+``certwright serve``, the CLI beside a server) the turn is an ``flock`` on a file beside
+the database (``inventory.db-writer.lock``), polled every 50 us to 1 ms rather than
+SQLite's sleeps of up to 100 ms; SQLite's own lock and ``busy_timeout`` stay behind it.
 
 Example::
 
@@ -32,12 +34,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import os
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +49,12 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session
 
-from certwright.store.errors import SchemaOutOfDateError, StoreError
+from certwright.store.errors import SchemaOutOfDateError, StoreError, WriterBusy
 from certwright.store.migrate import current_revision, head_revision, is_known_revision, upgrade_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+WRITER_LOCK_SUFFIX = "-writer.lock"  # beside a SQLite file: the writers' turn between processes
+_PRIVATE = "engine:"
 _BEGIN_OPTION = "certwright_sqlite_begin"
 _PG_DRIVERS = {"postgresql", "postgres", "postgresql+psycopg"}
 _SQLITE_DRIVERS = {"sqlite", "sqlite+pysqlite"}
@@ -67,6 +72,7 @@ class Store:
         self.url = display_url  # password hidden: safe to print and log
         self._writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         self._queue_key = _queue_key(engine)
+        self._pinned = _PinnedConnections(engine) if engine.dialect.name == "sqlite" else None
 
     @property
     def dialect(self) -> str:
@@ -97,19 +103,81 @@ class Store:
             yield session
 
     @contextlib.contextmanager
-    def _writers_turn(self) -> Iterator[None]:
+    def read_connection(self) -> Iterator[sa.Connection]:
+        """:meth:`read` as a Core ``Connection``, for the request path's prepared statements.
+
+        A Session costs ~40 us a transaction over its Connection; enrolment and renewal run
+        only Core statements (``certwright.store.tokens``, ``certwright.store.bulk``), so they
+        take the Connection alone. On SQLite the connection is this thread's own, kept open
+        (a pool checkout and return cost as much as the statements): see
+        :class:`_PinnedConnections`.
+        """
+        with self.translate_errors():
+            pinned = self._pinned.get(write=False) if self._pinned is not None else None
+            if pinned is None:
+                with self.engine.connect() as connection:
+                    yield connection  # begins on first use; closing it rolls back
+                return
+            with pinned.begin() as transaction:
+                yield pinned
+                transaction.rollback()  # a read: end the snapshot, write nothing
+
+    @contextlib.contextmanager
+    def write_connection(self, *, wait: float | None = None) -> Iterator[sa.Connection]:
+        """:meth:`write` as a Core ``Connection`` (same turn, same ``BEGIN IMMEDIATE``).
+
+        ``wait``: on SQLite, give up after this many seconds in the writers' queue (or at
+        the other processes' lock) with :class:`WriterBusy`, before anything is written;
+        None waits as long as :meth:`write` does. PostgreSQL has no such turn.
+        """
+        with self._writers_turn(wait), self.translate_errors():
+            pinned = self._pinned.get(write=True) if self._pinned is not None else None
+            if pinned is None:
+                with self._writer.begin() as connection:
+                    yield connection
+                return
+            with pinned.begin():
+                yield pinned
+
+    def keep_connections_in_this_thread(self) -> None:
+        """Have this (long-lived) thread keep its request-path connections open (SQLite).
+
+        For the threads that carry the load (a server's event loop, its database thread):
+        :meth:`read_connection` and :meth:`write_connection` then skip the pool's checkout
+        and return (~0.1 ms a request). Other threads borrow from the pool as before.
+        """
+        if self._pinned is not None:
+            self._pinned.keep_for_this_thread()
+
+    @contextlib.contextmanager
+    def _writers_turn(self, wait: float | None = None) -> Iterator[None]:
         if self._queue_key is None:  # PostgreSQL: row locks, no database-wide writer lock
             yield
             return
+        timeout = SQLITE_BUSY_TIMEOUT_MS / 1000 if wait is None else wait
         queue = _writer_queue(self._queue_key)
-        if not queue.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+        if not queue.acquire(timeout=timeout):
+            if wait is not None:
+                raise WriterBusy(f"inventory database {self.url}: another writer of this process is busy")
             # What SQLite would have said after busy_timeout: the same wait, the same error.
             raise StoreError(
                 f"inventory database {self.url}: database is locked (another writer of this "
-                f"process held it for {SQLITE_BUSY_TIMEOUT_MS // 1000} s)"
+                f"process held it for {timeout:g} s)"
             )
         try:
-            yield
+            file_lock = queue.file_lock if queue.depth == 1 else None
+            if file_lock is not None and not file_lock.acquire(timeout=timeout):
+                if wait is not None:
+                    raise WriterBusy(f"inventory database {self.url}: another process's writer is busy")
+                raise StoreError(
+                    f"inventory database {self.url}: database is locked (another process's writer "
+                    f"held {file_lock.path} for {timeout:g} s)"
+                )
+            try:
+                yield
+            finally:
+                if file_lock is not None:
+                    file_lock.release()
         finally:
             queue.release()
 
@@ -129,7 +197,9 @@ class Store:
             return current_revision(connection)
 
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and the threads' own, on SQLite)."""
+        if self._pinned is not None:
+            self._pinned.close()
         self.engine.dispose()
 
     def __enter__(self) -> Store:
@@ -142,6 +212,118 @@ class Store:
         return f"Store({self.url!r})"
 
 
+class _PinnedConnections:
+    """One reading and one writing SQLite connection for each thread that asks, kept open.
+
+    The request path (:meth:`Store.read_connection`, :meth:`Store.write_connection`) runs
+    a few short statements per transaction; a pool checkout, its reset on return and the
+    begin events cost about as much. The thread that carries the load (a server's event
+    loop) asks to keep its pair (:meth:`Store.keep_connections_in_this_thread`); every
+    other thread borrows from the pool as before. At most ``MAX_THREADS`` threads keep
+    connections, and those of threads that have ended go back to the pool when another
+    thread asks, so the pool is never drained. A connection that was invalidated or
+    closed is replaced on next use. A forked child (the server's workers) starts with
+    none: a connection is never shared across ``fork``.
+    """
+
+    MAX_THREADS = 4
+
+    def __init__(self, engine: Engine) -> None:
+        self._engines = {False: engine, True: engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})}
+        self._local = threading.local()
+        self._owned: list[tuple[threading.Thread, sa.Connection]] = []
+        self._keepers: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def keep_for_this_thread(self) -> None:
+        self._check_fork()
+        self._release_ended()
+        with self._lock:
+            if len(self._keepers) >= self.MAX_THREADS:
+                return  # this thread borrows from the pool, as any other
+            self._keepers.add(threading.current_thread())
+        self._local.keep = True
+
+    def get(self, *, write: bool) -> sa.Connection | None:
+        """This thread's kept connection (opened if needed), or None: borrow from the pool."""
+        self._check_fork()
+        local = self._local
+        if not getattr(local, "keep", False):
+            return None
+        name = "write" if write else "read"
+        connection: sa.Connection | None = getattr(local, name, None)
+        if connection is None or connection.closed or connection.invalidated:
+            connection = self._engines[write].connect()
+            setattr(local, name, connection)
+            with self._lock:
+                self._owned.append((threading.current_thread(), connection))
+        return connection
+
+    def _release_ended(self) -> None:
+        with self._lock:
+            ended = [c for t, c in self._owned if not t.is_alive()]
+            self._owned = [(t, c) for t, c in self._owned if t.is_alive()]
+            self._keepers = {t for t in self._keepers if t.is_alive()}
+        _close_all(ended)  # SQLite connections of the pool may be closed from any thread
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's connections are not ours
+            self._local, self._owned, self._keepers = threading.local(), [], set()
+            self._lock = threading.Lock()
+            self._pid = os.getpid()
+
+    def close(self) -> None:
+        with self._lock:
+            owned, self._owned, self._keepers = self._owned, [], set()
+        _close_all(c for _, c in owned)
+        self._local = threading.local()
+
+
+def _close_all(connections: Iterable[sa.Connection]) -> None:
+    for connection in connections:
+        with contextlib.suppress(Exception):  # another thread's: close what can be closed
+            connection.close()
+
+
+class _FileLock:
+    """An exclusive ``flock`` on ``path``, taken by polling with a deadline.
+
+    The descriptor is this process's own (a forked child opens its own, see
+    :func:`_forget_queues`): ``flock`` belongs to the open file, so a descriptor inherited
+    across ``fork`` would share the parent's lock instead of competing for it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self, *, timeout: float) -> bool:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + timeout
+        delay = 0.00005
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.001)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def forget(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
 class _WriterQueue:
     """A re-entrant lock whose waiters get it in arrival order, with a timeout.
 
@@ -151,11 +333,17 @@ class _WriterQueue:
     write of the same thread meets SQLite's busy timeout as before, not a deadlock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, file_lock: _FileLock | None = None) -> None:
         self._mutex = threading.Lock()
         self._owner: int | None = None
         self._depth = 0
         self._waiters: collections.deque[tuple[int, threading.Lock]] = collections.deque()
+        self.file_lock = file_lock  # other processes' writers (None: a private database)
+
+    @property
+    def depth(self) -> int:
+        """How many nested turns the owner holds (1: the outermost)."""
+        return self._depth
 
     def acquire(self, *, timeout: float) -> bool:
         me = threading.get_ident()
@@ -202,14 +390,20 @@ def _writer_queue(key: str) -> _WriterQueue:
     queue = _QUEUES.get(key)
     if queue is None:
         with _QUEUES_LOCK:
-            queue = _QUEUES.setdefault(key, _WriterQueue())
+            queue = _QUEUES.get(key)
+            if queue is None:
+                shared = not key.startswith(_PRIVATE)
+                queue = _QUEUES[key] = _WriterQueue(_FileLock(key + WRITER_LOCK_SUFFIX) if shared else None)
     return queue
 
 
 def _forget_queues() -> None:
     # A forked child has one thread: a queue some other parent thread held would never
-    # be released in it. Its stores start over with new queues.
+    # be released in it. Its stores start over with new queues (and lock files of their own).
     global _QUEUES_LOCK
+    for queue in _QUEUES.values():
+        if queue.file_lock is not None:
+            queue.file_lock.forget()
     _QUEUES.clear()
     _QUEUES_LOCK = threading.Lock()
 
@@ -223,7 +417,7 @@ def _queue_key(engine: Engine) -> str | None:
         return None
     database = engine.url.database or ""
     if database in ("", ":memory:") or database.startswith("file:"):
-        return f"engine:{id(engine)}"  # private or URI-named databases: this store's own queue
+        return f"{_PRIVATE}{id(engine)}"  # private or URI-named databases: this store's own queue
     return os.path.realpath(database)
 
 

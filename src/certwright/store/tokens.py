@@ -26,7 +26,7 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from certwright.store.bulk import Prepared, RowEncoder
+from certwright.store.bulk import InTransaction, Prepared, RowEncoder
 from certwright.store.models import CertificateRecord, CertificateStatus, EnrollmentToken
 from certwright.x509.revocation_reason import RevocationReason
 
@@ -196,13 +196,44 @@ _LOCK_HELD = Prepared(
 )
 
 
+class TokenState(NamedTuple):
+    """Whether a token may still be redeemed, and if not why (its public id and state)."""
+
+    token_id: str
+    used_at: datetime.datetime | None
+    used_by: str | None
+    expires_at: datetime.datetime
+
+    def redeemable(self, now: datetime.datetime) -> bool:
+        return self.used_at is None and now < self.expires_at
+
+
+_STATE_COLUMNS = [_TOKENS.c[name] for name in TokenState._fields]
+_TOKEN_STATE = Prepared(
+    sa.select(*_STATE_COLUMNS).where(
+        _TOKENS.c.token_hash == sa.bindparam("secret_hash", type_=_TOKENS.c.token_hash.type)
+    ),
+    columns=_STATE_COLUMNS,
+)
+
+
+_STATUS = Prepared(
+    sa.select(_CERTIFICATES.c.status).where(
+        _CERTIFICATES.c.serial == sa.bindparam("serial", type_=_CERTIFICATES.c.serial.type),
+        _CERTIFICATES.c.issuer_key_id
+        == sa.bindparam("issuer_key_id", type_=_CERTIFICATES.c.issuer_key_id.type),
+    ),
+    columns=[_CERTIFICATES.c.status],
+)
+
+
 @functools.lru_cache(maxsize=8)
 def _token_encoder(dialect: sa.Dialect) -> RowEncoder:
     return RowEncoder(_TOKENS, dialect)
 
 
 def insert_token(
-    session: Session,
+    session: InTransaction,
     *,
     token_id: str,
     token_hash: bytes,
@@ -221,7 +252,9 @@ def insert_token(
 
     Raises ``IntegrityError`` at once for a duplicate hash or id, as the flush does.
     """
-    encoder = _token_encoder(session.get_bind().dialect)
+    encoder = _token_encoder(
+        session.dialect if isinstance(session, sa.Connection) else session.get_bind().dialect
+    )
     row = encoder.encode(
         {
             "token_id": token_id,
@@ -244,7 +277,9 @@ def insert_token(
     encoder.insert(session, [row])
 
 
-def redeem(session: Session, token_hash: bytes, *, at: datetime.datetime, by: str) -> RedeemedToken | None:
+def redeem(
+    session: InTransaction, token_hash: bytes, *, at: datetime.datetime, by: str
+) -> RedeemedToken | None:
     """:func:`redeem_token` as one ``UPDATE … RETURNING`` of the grant's columns.
 
     The same conditional UPDATE, so the same guarantee: of concurrent redemptions exactly
@@ -256,12 +291,27 @@ def redeem(session: Session, token_hash: bytes, *, at: datetime.datetime, by: st
     return RedeemedToken._make(rows[0]) if rows else None
 
 
-def link_certificate(session: Session, token_pk: int, certificate_pk: int) -> None:
+def token_state(session: InTransaction, token_hash: bytes) -> TokenState | None:
+    """:func:`find_token` reading only what says whether (and why not) it may be redeemed."""
+    rows = _TOKEN_STATE.rows(session, {"secret_hash": token_hash})
+    return TokenState._make(rows[0]) if rows else None
+
+
+def certificate_status(session: InTransaction, serial: int, issuer_key_id: bytes) -> CertificateStatus | None:
+    """The status of the certificate ``serial`` of the issuer with this key id (None: unknown).
+
+    Every mTLS request of the API asks this of the certificate presented.
+    """
+    rows = _STATUS.rows(session, {"serial": serial, "issuer_key_id": issuer_key_id})
+    return rows[0][0] if rows else None
+
+
+def link_certificate(session: InTransaction, token_pk: int, certificate_pk: int) -> None:
     """Record which certificate a redeemed token yielded (``RedeemedToken.id``, the row's id)."""
     _LINK.rows(session, {"token_pk": token_pk, "certificate_pk": certificate_pk})
 
 
-def lock_held(session: Session, fingerprint_sha256: bytes) -> HeldCertificate | None:
+def lock_held(session: InTransaction, fingerprint_sha256: bytes) -> HeldCertificate | None:
     """:func:`lock_certificate` reading only the columns a renewal decides on.
 
     The same lock: ``FOR UPDATE`` on PostgreSQL (a concurrent revocation waits for the
@@ -274,7 +324,9 @@ def lock_held(session: Session, fingerprint_sha256: bytes) -> HeldCertificate | 
 __all__ = [
     "HeldCertificate",
     "RedeemedToken",
+    "TokenState",
     "add_token",
+    "certificate_status",
     "find_token",
     "get_token",
     "insert_token",
@@ -283,4 +335,5 @@ __all__ = [
     "lock_held",
     "redeem",
     "redeem_token",
+    "token_state",
 ]

@@ -652,7 +652,14 @@ class _UnrecordedEnrollment:
     def __init__(self, env: Env) -> None:
         self.authority = env.ca.require_authority()
 
-    def enroll(self, secret: str, csr: x509.CertificateSigningRequest, *, actor: str) -> Enrolled:
+    def enroll(
+        self,
+        secret: str,
+        csr: x509.CertificateSigningRequest,
+        *,
+        actor: str,
+        writer_wait: float | None = None,
+    ) -> Enrolled:
         certificate = self.authority.issue(
             csr.public_key(),
             profile=BUILTIN_PROFILES["mtls"],

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fcntl
 import json
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +28,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 
-from certwright.server.api import IssuedOut, create_api
+from certwright.server.api import INLINE_WRITER_WAIT, IssuedOut, create_api
 from certwright.server.problems import PROBLEM_BASE, PROBLEM_JSON
 from certwright.server.state import ServerState
 from certwright.service.enrollment import Enrolled, TokenGrant
 from certwright.store import StoreError
+from certwright.store import session as session_module
+from certwright.store.session import WRITER_LOCK_SUFFIX
 from certwright.x509.identity import SpiffeId
 from support.public_server import TRUST_DOMAIN, build_state, make_ca
 
@@ -215,7 +221,14 @@ class _Failing:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def enroll(self, secret: str, csr: x509.CertificateSigningRequest, *, actor: str) -> Enrolled:
+    def enroll(
+        self,
+        secret: str,
+        csr: x509.CertificateSigningRequest,
+        *,
+        actor: str,
+        writer_wait: float | None = None,
+    ) -> Enrolled:
         raise self.error
 
 
@@ -250,3 +263,63 @@ def test_the_openapi_document_still_describes_both_endpoints(state: ServerState)
         }
         assert "422" in operation["responses"] and "413" in operation["responses"]
     assert set(spec["components"]["schemas"]["EnrollIn"]["properties"]) == {"token", "csr"}
+
+
+def _issuance_count(state: ServerState, kind: str, outcome: str) -> float:
+    metrics, _ = state.metrics.render()
+    prefix = f'certwright_issuance_total{{kind="{kind}",outcome="{outcome}",profile="mtls"}} '.encode()
+    line = next((ln for ln in metrics.splitlines() if ln.startswith(prefix)), None)
+    return float(line[len(prefix) :]) if line is not None else 0.0
+
+
+def test_an_enrolment_waits_in_the_worker_thread_when_another_process_writes(state: ServerState) -> None:
+    """SQLite: the loop gives up its inline attempt while another process holds the writers'
+    lock (nothing written), and the worker thread finishes the enrolment once it is free."""
+    lock_path = f"{state.store.engine.url.database}{WRITER_LOCK_SUFFIX}"
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = {"token": _token(state, "direct/busy"), "csr": _csr(key, f"spiffe://{TD}/direct/busy")}
+    ok_before = _issuance_count(state, "enroll", "ok")
+    errors_before = _issuance_count(state, "enroll", "error")
+    fd = os.open(lock_path, os.O_RDWR)  # another open file: competes as another process would
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    held_for = 10 * INLINE_WRITER_WAIT
+    releaser = threading.Timer(held_for, lambda: (fcntl.flock(fd, fcntl.LOCK_UN), os.close(fd)))
+    started = time.monotonic()
+    releaser.start()
+    try:
+        with TestClient(create_api(state)) as client:
+            response = client.post("/v1/enroll", json=body)
+    finally:
+        releaser.join()
+    assert response.status_code == 201, response.text
+    assert time.monotonic() - started >= held_for  # it did wait for the lock
+    serial = int(response.json()["serial"], 16)
+    assert state.certificates.get(serial) is not None
+    # One outcome for one request: the abandoned inline attempt is not counted as an error.
+    assert _issuance_count(state, "enroll", "ok") == ok_before + 1
+    assert _issuance_count(state, "enroll", "error") == errors_before
+
+
+def test_a_writer_busy_past_the_whole_wait_is_a_503_and_keeps_the_token(
+    state: ServerState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When even the worker thread's wait runs out, the answer is a problem document and
+    the token stays usable (nothing was written)."""
+    monkeypatch.setattr(session_module, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    lock_path = f"{state.store.engine.url.database}{WRITER_LOCK_SUFFIX}"
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = _token(state, "direct/locked")
+    body = {"token": token, "csr": _csr(key, f"spiffe://{TD}/direct/locked")}
+    fd = os.open(lock_path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with TestClient(create_api(state), raise_server_exceptions=False) as client:
+            response = client.post("/v1/enroll", json=body)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.json()["detail"] == "the inventory database cannot be used now"  # no path leaks
+    with TestClient(create_api(state)) as client:
+        assert client.post("/v1/enroll", json=body).status_code == 201  # the token was not spent
