@@ -28,7 +28,7 @@ from certwright.server.bootstrap import (
 )
 from certwright.server.config import Address, format_address, load_config
 from certwright.server.run import bind, bound_address, run
-from certwright.server.workers import reserve, serve_workers
+from certwright.server.workers import serve_workers
 from certwright.store import Store
 from certwright.x509.keys import SigningKey
 
@@ -113,7 +113,6 @@ def serve(
         if count == 1:
             run(prepared, bound, on_ready=lambda servers: _report_ready(prepared, [s.url for s in servers]))
         else:
-            bound = [reserve(sock) for sock in bound]
             serve_workers(prepared, bound, count=count, on_ready=lambda urls: _report_ready(prepared, urls))
     finally:
         for sock in bound:

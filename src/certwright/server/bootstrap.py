@@ -112,9 +112,7 @@ class Prepared:
     # The responder pair, issued anew (and recorded) when due: a running server rotates it.
     # It holds the CA passphrase (the responder key is stored encrypted with it); the CA's
     # own key is unlocked in this process's memory for its whole life anyway.
-    load_responder: Callable[[], tuple[x509.Certificate, SigningKey]] | None = field(
-        default=None, repr=False
-    )
+    load_responder: Callable[[], tuple[x509.Certificate, SigningKey]] | None = field(default=None, repr=False)
 
     @property
     def directory(self) -> Path:
@@ -200,7 +198,12 @@ def _first_start(config: ServerConfig, passphrase: bytes, hooks: Hooks, clock: C
     ca = dataclasses.replace(ca, path=config.ca_dir)
     store = open_store(_inventory_target(config, ca), upgrade=True)
     return Prepared(
-        config, ca, store, responder, first_start=True, issued=issued,
+        config,
+        ca,
+        store,
+        responder,
+        first_start=True,
+        issued=issued,
         load_responder=_responder_loader(ca, store, passphrase, hooks),
     )
 
@@ -326,7 +329,12 @@ def _reuse(config: ServerConfig, passphrase: bytes, hooks: Hooks, clock: Clock) 
         store.close()
         raise
     return Prepared(
-        config, ca, store, responder, first_start=False, issued=issued,
+        config,
+        ca,
+        store,
+        responder,
+        first_start=False,
+        issued=issued,
         load_responder=_responder_loader(ca, store, passphrase, hooks),
     )
 

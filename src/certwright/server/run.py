@@ -30,6 +30,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Coroutine, Generator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from certwright.mtls.peer import PeerVerifier
 from certwright.mtls.policy_source import PolicySource
 from certwright.revocation.ocsp import OCSPResponder
 from certwright.revocation.responder import responder_needs_rotation
+from certwright.server.acceptor import BalancedAcceptor, Shares
 from certwright.server.bootstrap import Prepared, renew_due
 from certwright.server.config import Address, format_address
 from certwright.server.state import ServerState
@@ -62,13 +64,11 @@ ACTOR = "certwright-serve"
 METRICS_PUBLISH_SECONDS = 5.0
 
 
-def bind(address: Address, *, reuse_port: bool = False) -> socket.socket:
+def bind(address: Address) -> socket.socket:
     """A TCP socket bound to ``address`` (not yet listening): the port is known at once.
 
     IPPROTO_TCP rather than 0, as in :mod:`certwright.mtls.uvicorn`: asyncio sets
     TCP_NODELAY on accepted connections only when the listening socket says it is TCP.
-    ``reuse_port``: SO_REUSEPORT, so that worker processes each listen on the address
-    (:mod:`certwright.server.workers`); every socket of the group must set it.
     Raises ``OSError`` (address in use, permission denied) for the caller to report.
     """
     host, port = address
@@ -76,8 +76,6 @@ def bind(address: Address, *, reuse_port: bool = False) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
@@ -121,6 +119,14 @@ class InventoryRevocation:
             raise VerificationError(f"certificate {serial:x} is not in the inventory")
         if status is not StoredStatus.GOOD:  # revoked or on hold
             raise VerificationError(f"certificate {serial:x} is revoked")
+
+
+def preload() -> None:
+    """Import what :func:`build_state` and :func:`listeners` import lazily, ahead of a fork:
+    the workers then share those modules' memory and start without importing them each."""
+    import certwright.server.api
+    import certwright.server.metrics
+    import certwright.server.public  # noqa: F401
 
 
 def build_state(
@@ -170,16 +176,38 @@ def build_state(
     )
 
 
-class Listener(uvicorn.Server):
-    """One uvicorn server on a socket bound beforehand; signals are left to :func:`run`."""
+@dataclass(frozen=True)
+class Balance:
+    """A worker's place among the workers sharing a listening socket (``shares`` per socket)."""
 
-    def __init__(self, config: uvicorn.Config, sock: socket.socket, *, scheme: str, what: str) -> None:
+    index: int
+    shares: tuple[Shares, ...]
+
+
+class Listener(uvicorn.Server):
+    """One uvicorn server on a socket bound beforehand; signals are left to :func:`run`.
+
+    With ``shares`` (a worker process), the socket is listening and shared with the other
+    workers: a :class:`~certwright.server.acceptor.BalancedAcceptor` takes this worker's
+    share of its connections instead of uvicorn's own listener.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        sock: socket.socket,
+        *,
+        scheme: str,
+        what: str,
+        shares: tuple[Shares, int] | None = None,
+    ) -> None:
         super().__init__(config)
         self.socket = sock
         self.address = bound_address(sock)
         self.scheme = scheme
         self.what = what
         self.ready = asyncio.Event()
+        self.shares = shares
 
     @property
     def url(self) -> str:
@@ -190,9 +218,34 @@ class Listener(uvicorn.Server):
         yield  # run() installs one handler for both listeners
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
+        if self.shares is None:
+            await super().startup(sockets=sockets)
+        else:
+            await super().startup(sockets=[])  # the app's lifespan, and no listener of its own
+            if self.started:
+                self._start_acceptor(*self.shares)
         if self.started:
             self.ready.set()
+
+    def _start_acceptor(self, shares: Shares, index: int) -> None:
+        config = self.config
+
+        def create_protocol() -> asyncio.Protocol:  # what uvicorn's own listener builds
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+            return protocol
+
+        acceptor = BalancedAcceptor(
+            self.socket,
+            shares,
+            index,
+            create_protocol,
+            ssl_context=config.ssl,
+            connections=self.server_state.connections,
+        )
+        acceptor.start()
+        self.servers.append(acceptor)  # type: ignore[arg-type]  # shutdown() closes it
 
     async def serve_bound(self) -> None:
         try:
@@ -204,8 +257,14 @@ class Listener(uvicorn.Server):
             self.ready.set()  # wake start-up waiters whatever happened
 
 
-def listeners(state: ServerState, prepared: Prepared, sockets: Sequence[socket.socket]) -> list[Listener]:
-    """The HTTPS API and plain-HTTP listeners over ``state``, on the two bound sockets."""
+def listeners(
+    state: ServerState,
+    prepared: Prepared,
+    sockets: Sequence[socket.socket],
+    balance: Balance | None = None,
+) -> list[Listener]:
+    """The HTTPS API and plain-HTTP listeners over ``state``, on the two bound sockets
+    (with ``balance``: listening sockets shared with other workers)."""
     from certwright.server.api import create_api
     from certwright.server.public import create_public_app
 
@@ -235,9 +294,12 @@ def listeners(state: ServerState, prepared: Prepared, sockets: Sequence[socket.s
         **common,
     )
     public_config.load()
+    shares: list[tuple[Shares, int] | None] = [None, None]
+    if balance is not None:
+        shares = [(balance.shares[0], balance.index), (balance.shares[1], balance.index)]
     return [
-        Listener(api_config, api_socket, scheme="https", what="API"),
-        Listener(public_config, public_socket, scheme="http", what="public"),
+        Listener(api_config, api_socket, scheme="https", what="API", shares=shares[0]),
+        Listener(public_config, public_socket, scheme="http", what="public", shares=shares[1]),
     ]
 
 
@@ -250,17 +312,19 @@ def run(
     renew_own: bool = True,
     metrics_dir: Path | None = None,
     signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+    balance: Balance | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; ``on_ready`` is called once both listeners accept.
 
     ``renew_own``: whether this process renews the server's own certificates when due
     (one worker of several does; every worker follows the OCSP responder's rotation).
     ``signals``: those that stop it (a worker leaves SIGINT to its supervisor).
+    ``balance``: a worker's place among those sharing the (listening) sockets.
     Raises when a listener cannot start or stops on its own (the caller exits non-zero).
     """
     clock = clock or SystemClock()
     state = build_state(prepared, clock=clock, metrics_dir=metrics_dir)
-    servers = listeners(state, prepared, sockets)
+    servers = listeners(state, prepared, sockets, balance)
     factory = servers[0].config.get_loop_factory()
     with asyncio.Runner(loop_factory=factory) as runner:
 

@@ -8,11 +8,11 @@ the certificates due renewed), then forks N workers that each run both listeners
 share nothing but the database, the data directory and a metrics directory. They are
 replicas on one machine that share the CA's memory pages:
 
-* **Sockets.** The supervisor binds each address exclusively first (so a port already in
-  use, or port 0, is settled as for a single process), then keeps it bound with
-  SO_REUSEPORT and never listens on it: the port stays reserved. Each worker listens on
-  its own SO_REUSEPORT socket of the same address and the kernel spreads new connections
-  across the workers' sockets.
+* **Sockets.** The supervisor binds each address (a port in use, or port 0, is settled as
+  for a single process), listens, and the workers inherit the listening sockets. Each
+  worker accepts only while it holds no more connections than the least-loaded worker
+  (:mod:`certwright.server.acceptor`), so a few long-lived keep-alive connections are
+  spread evenly rather than by which worker woke first.
 * **Database.** PostgreSQL: as replicas (row locks, sequences). SQLite: every writer of
   every process queues on one lock file beside the database (:mod:`certwright.store.session`).
 * **Metrics.** prometheus-client's multi-process mode in ``DIR/run/metrics-<supervisor
@@ -30,7 +30,7 @@ cannot run would otherwise be forked forever. Each worker dies with its supervis
 
 Example::
 
-    sockets = [bind(config.listen), bind(config.http_listen)]     # exclusive: port checks
+    sockets = [bind(config.listen), bind(config.http_listen)]
     prepared = bootstrap.prepare(config.with_bound(...), passphrase, hooks)
     serve_workers(prepared, sockets, count=config.worker_count, on_ready=print)
 """
@@ -54,25 +54,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from certwright.server.acceptor import Shares
 from certwright.server.bootstrap import Prepared
 from certwright.server.config import Address, format_address
-from certwright.server.run import bind, bound_address, run
+from certwright.server.run import Balance, bound_address, preload, run
 
 _log = logging.getLogger("certwright.server")
 RESTARTS_PER_MINUTE = 10
 RUN_DIR = "run"  # under the data directory: per-run files (the metrics of a supervisor's workers)
 _PR_SET_PDEATHSIG = 1
-
-
-def reserve(sock: socket.socket) -> socket.socket:
-    """Rebind an exclusively bound socket's address with SO_REUSEPORT, for the workers.
-
-    The exclusive bind came first, so an address another process holds was refused as
-    for a single process; this one keeps the (resolved) port for the workers' group.
-    """
-    address = bound_address(sock)
-    sock.close()
-    return bind(address, reuse_port=True)
+BACKLOG = 2048
 
 
 @dataclass
@@ -83,6 +74,8 @@ class _Supervisor:
     metrics_dir: Path
     ready_read: int
     ready_write: int
+    sockets: list[socket.socket]
+    shares: tuple[Shares, ...]
     workers: dict[int, int] = field(default_factory=dict)  # pid -> worker index
     restarts: list[float] = field(default_factory=list)
     signals: list[int] = field(default_factory=list)
@@ -111,6 +104,8 @@ class _Supervisor:
                 break
             index = self.workers.pop(pid, None)
             if index is not None:
+                for shares in self.shares:
+                    shares.retire(index)  # its connections died with it
                 gone.append((pid, index, status))
         return gone
 
@@ -132,18 +127,29 @@ def serve_workers(
     count: int,
     on_ready: Callable[[list[str]], None] | None = None,
 ) -> None:
-    """Run ``count`` worker processes on the addresses of ``sockets`` until SIGTERM/SIGINT.
+    """Run ``count`` worker processes on ``sockets`` (bound: API, public) until SIGTERM/SIGINT.
 
-    ``sockets`` come from :func:`reserve` (bound with SO_REUSEPORT, not listening).
     ``on_ready`` gets the API and public URLs once every worker accepts connections.
     Raises RuntimeError when a worker fails at start-up or keeps failing.
     """
     addresses = [bound_address(s) for s in sockets]
+    for sock in sockets:
+        sock.listen(BACKLOG)  # the workers accept from these: connections wait here meanwhile
     metrics_dir = _metrics_dir(prepared.directory)
+    preload()
     # No pooled connection may cross the fork: each worker opens its own.
     prepared.store.engine.dispose()
     ready_read, ready_write = os.pipe()
-    supervisor = _Supervisor(prepared, addresses, count, metrics_dir, ready_read, ready_write)
+    supervisor = _Supervisor(
+        prepared,
+        addresses,
+        count,
+        metrics_dir,
+        ready_read,
+        ready_write,
+        sockets=list(sockets),
+        shares=tuple(Shares(count) for _ in sockets),
+    )
     previous = {s: signal.signal(s, _note(supervisor)) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for index in range(count):
@@ -214,18 +220,18 @@ def _worker(supervisor: _Supervisor, index: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until run() installs its own
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor passes Ctrl-C on
         os.close(supervisor.ready_read)
-        sockets = [bind(address, reuse_port=True) for address in supervisor.addresses]
 
         def ready(_servers: object) -> None:
             os.write(supervisor.ready_write, b".")
 
         run(
             supervisor.prepared,
-            sockets,
+            supervisor.sockets,
             on_ready=ready,
             renew_own=index == 0,
             metrics_dir=supervisor.metrics_dir,
             signals=(signal.SIGTERM,),
+            balance=Balance(index, supervisor.shares),
         )
         code = 0
     except BaseException:  # a child must never return into the parent's code

@@ -61,6 +61,7 @@ from certwright.store.tokens import (
     HeldCertificate,
     RedeemedToken,
     TokenState,
+    held,
     insert_token,
     link_certificate,
     lock_held,
@@ -323,26 +324,34 @@ class EnrollmentService:
         now = self.clock.now()
         # An unknown, used or expired token is refused from a read transaction: guessing
         # (unauthenticated, free to send) must not queue for the database's one writer. The
-        # conditional UPDATE below stays the authority on single use.
+        # certificate is signed from what the read says the token grants (a token never
+        # changes but for its redemption), outside the write transaction, so the writer
+        # turn is held only for the statements. The conditional UPDATE below stays the
+        # authority on single use: if another request redeemed the token meanwhile, the
+        # certificate just signed is dropped, never stored nor returned.
         with self.store.read_connection() as connection:
             state = token_state(connection, token_hash)
-            if state is None or not state.redeemable(now):
-                raise _refusal(state, now)
+        if state is None or not state.redeemable(now):
+            raise _refusal(state, now)
+        grant = grant_of(state)
+        profile = self._profile(grant.profile, what=f"token {state.token_id}")
+        sans = _within_grant(asked, grant, state.token_id)
+        issued = self.authority.issue_issued(
+            verified.csr.public_key(),
+            profile=profile,
+            identity=grant.identity,
+            sans=sans,
+            authorization=grant.authorization,
+            lifetime=_capped(grant.lifetime, profile),
+        )
         with self.store.write_connection(wait=writer_wait) as connection:
             token = redeem(connection, token_hash, at=now, by=actor)
             if token is None:
                 raise _refusal(token_state(connection, token_hash), now)
-            grant = grant_of(token)
-            profile = self._profile(grant.profile, what=f"token {token.token_id}")
-            sans = _within_grant(asked, grant, token.token_id)
-            issued = self.authority.issue_issued(
-                verified.csr.public_key(),
-                profile=profile,
-                identity=grant.identity,
-                sans=sans,
-                authorization=grant.authorization,
-                lifetime=_capped(grant.lifetime, profile),
-            )
+            if token != state.grant():  # cannot happen: tokens are immutable; never sign blind
+                raise TokenError(
+                    f"token {token.token_id} changed while it was redeemed", token_id=token.token_id
+                )
             certificate = self._record(
                 connection,
                 issued,
@@ -388,20 +397,27 @@ class EnrollmentService:
         asked = _asked(verified.csr)
         fingerprint = presented.fingerprint(_SHA256)
         now = self.clock.now()
+        # Decided and signed from a read; the write transaction locks the row and decides
+        # again (a revocation may have landed meanwhile: the certificate just signed is then
+        # dropped, never stored nor returned), so the writer turn covers only the statements.
+        with self.store.read_connection() as connection:
+            row, profile = self._renewable(held(connection, fingerprint), now)
+        identity = SpiffeId.parse(row.identity) if row.identity is not None else None
+        sans = _within_held(asked, identity, SubjectAltNames.of(presented))
+        issued = self.authority.issue_issued(
+            verified.csr.public_key(),
+            profile=profile,
+            identity=identity,
+            sans=sans,
+            authorization=Authorization.from_certificate(presented, self.extension_oid),
+            # Never longer than the certificate it replaces: a token's lifetime cap, or a
+            # short-lived certificate, stays short across renewals.
+            lifetime=self._held_lifetime(presented, profile),
+        )
         with self.store.write_connection(wait=writer_wait) as connection:
-            row, profile = self._renewable(lock_held(connection, fingerprint), now)
-            identity = SpiffeId.parse(row.identity) if row.identity is not None else None
-            sans = _within_held(asked, identity, SubjectAltNames.of(presented))
-            issued = self.authority.issue_issued(
-                verified.csr.public_key(),
-                profile=profile,
-                identity=identity,
-                sans=sans,
-                authorization=Authorization.from_certificate(presented, self.extension_oid),
-                # Never longer than the certificate it replaces: a token's lifetime cap, or a
-                # short-lived certificate, stays short across renewals.
-                lifetime=self._held_lifetime(presented, profile),
-            )
+            locked, _ = self._renewable(lock_held(connection, fingerprint), now)
+            if (locked.profile, locked.identity) != (row.profile, row.identity):
+                raise RenewalError(f"certificate {row.serial_hex} changed while it was renewed")
             certificate = self._record(
                 connection,
                 issued,
@@ -511,7 +527,7 @@ def append_event(session: InTransaction, event: EventSpec) -> None:
     append_events(session, [event])
 
 
-def grant_of(token: EnrollmentToken | RedeemedToken) -> TokenGrant:
+def grant_of(token: EnrollmentToken | RedeemedToken | TokenState) -> TokenGrant:
     """The grant a stored token carries."""
     return TokenGrant(
         identity=SpiffeId.parse(token.identity),

@@ -19,7 +19,7 @@ sleep and retry in growing steps (up to 100 ms), so under load a writer could wa
 commits longer than its turn (a p99 of ~1 s at 8 concurrent requests); queued, the next
 writer starts as soon as the previous one commits. Between processes (the workers of
 ``certwright serve``, the CLI beside a server) the turn is an ``flock`` on a file beside
-the database (``inventory.db-writer.lock``), polled every 50 us to 1 ms rather than
+the database (``inventory.db-writer.lock``), polled every 20 to 200 us rather than
 SQLite's sleeps of up to 100 ms; SQLite's own lock and ``busy_timeout`` stay behind it.
 
 Example::
@@ -302,7 +302,7 @@ class _FileLock:
         if self.fd is None:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         deadline = time.monotonic() + timeout
-        delay = 0.00005
+        delay = 0.00002
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -311,7 +311,7 @@ class _FileLock:
                 if time.monotonic() > deadline:
                     return False
             time.sleep(delay)
-            delay = min(delay * 2, 0.001)
+            delay = min(delay * 2, 0.0002)
 
     def release(self) -> None:
         if self.fd is not None:

@@ -185,27 +185,37 @@ _LINK = Prepared(
     .values(certificate_id=sa.bindparam("certificate_pk", type_=_TOKENS.c.certificate_id.type))
 )
 _HELD_COLUMNS = [_CERTIFICATES.c[name] for name in HeldCertificate._fields]
-_LOCK_HELD = Prepared(
-    sa.select(*_HELD_COLUMNS)
-    .where(
-        _CERTIFICATES.c.fingerprint_sha256
-        == sa.bindparam("fingerprint", type_=_CERTIFICATES.c.fingerprint_sha256.type)
-    )
-    .with_for_update(),  # PostgreSQL: FOR UPDATE; SQLite: nothing (the writer lock is held)
-    columns=_HELD_COLUMNS,
+_HELD_QUERY = sa.select(*_HELD_COLUMNS).where(
+    _CERTIFICATES.c.fingerprint_sha256
+    == sa.bindparam("fingerprint", type_=_CERTIFICATES.c.fingerprint_sha256.type)
 )
+_HELD = Prepared(_HELD_QUERY, columns=_HELD_COLUMNS)
+# PostgreSQL: FOR UPDATE; SQLite: nothing (the writer lock is held).
+_LOCK_HELD = Prepared(_HELD_QUERY.with_for_update(), columns=_HELD_COLUMNS)
 
 
 class TokenState(NamedTuple):
-    """Whether a token may still be redeemed, and if not why (its public id and state)."""
+    """A token as stored: whether it may still be redeemed (if not, why), and its grant."""
 
+    id: int
     token_id: str
+    identity: str
+    profile: str
+    dns: list[str]
+    ips: list[str]
+    roles: list[str]
+    attributes: dict[str, str]
+    lifetime_seconds: int | None
     used_at: datetime.datetime | None
     used_by: str | None
     expires_at: datetime.datetime
 
     def redeemable(self, now: datetime.datetime) -> bool:
         return self.used_at is None and now < self.expires_at
+
+    def grant(self) -> RedeemedToken:
+        """The grant's columns, as :func:`redeem` returns them."""
+        return RedeemedToken._make(getattr(self, name) for name in RedeemedToken._fields)
 
 
 _STATE_COLUMNS = [_TOKENS.c[name] for name in TokenState._fields]
@@ -292,7 +302,9 @@ def redeem(
 
 
 def token_state(session: InTransaction, token_hash: bytes) -> TokenState | None:
-    """:func:`find_token` reading only what says whether (and why not) it may be redeemed."""
+    """:func:`find_token` as plain columns: the grant, and whether (and why not) it may be
+    redeemed. Tokens never change but for their redemption, so what a read says it grants
+    is what :func:`redeem` later returns."""
     rows = _TOKEN_STATE.rows(session, {"secret_hash": token_hash})
     return TokenState._make(rows[0]) if rows else None
 
@@ -309,6 +321,12 @@ def certificate_status(session: InTransaction, serial: int, issuer_key_id: bytes
 def link_certificate(session: InTransaction, token_pk: int, certificate_pk: int) -> None:
     """Record which certificate a redeemed token yielded (``RedeemedToken.id``, the row's id)."""
     _LINK.rows(session, {"token_pk": token_pk, "certificate_pk": certificate_pk})
+
+
+def held(session: InTransaction, fingerprint_sha256: bytes) -> HeldCertificate | None:
+    """:func:`lock_held` without the lock: what a renewal decides on, read ahead of it."""
+    rows = _HELD.rows(session, {"fingerprint": fingerprint_sha256})
+    return HeldCertificate._make(rows[0]) if rows else None
 
 
 def lock_held(session: InTransaction, fingerprint_sha256: bytes) -> HeldCertificate | None:
@@ -329,6 +347,7 @@ __all__ = [
     "certificate_status",
     "find_token",
     "get_token",
+    "held",
     "insert_token",
     "link_certificate",
     "lock_certificate",

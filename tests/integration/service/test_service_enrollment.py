@@ -39,6 +39,7 @@ from certwright.service import (
     TokenGrant,
     TokenProblem,
 )
+from certwright.service import enrollment as enrollment_module
 from certwright.store import AuditEvent, BySerial, CertificateRecord, Store, audit_head, open_store
 from certwright.store.models import EnrollmentToken
 from certwright.x509.authz import Authorization
@@ -579,6 +580,60 @@ def test_attack_renewal_with_a_revoked_or_held_certificate_is_refused(
     assert state(store) == before
 
 
+def _before_next_signature(
+    monkeypatch: pytest.MonkeyPatch, authority: Authority, act: Callable[[], None]
+) -> None:
+    """Run ``act`` once, just before the next certificate is signed (after the service read
+    the token or the certificate to renew, before its write transaction)."""
+    original = type(authority).issue_issued
+    pending = [act]
+
+    def issue_issued(self: Authority, *args: Any, **kwargs: Any) -> Issued:
+        if pending:
+            pending.pop()()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(authority), "issue_issued", issue_issued)
+
+
+def test_a_revocation_landing_while_the_successor_is_signed_drops_it(
+    enrollment: EnrollmentService,
+    revocations: RevocationService,
+    store: Store,
+    enrolled: x509.Certificate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The renewal decides from a read and signs; the revocation commits in between; the
+    write transaction decides again under the row lock and stores nothing."""
+    revoke = lambda: revocations.revoke(BySerial(enrolled.serial_number), Reason.KEY_COMPROMISE)  # noqa: E731
+    _before_next_signature(monkeypatch, enrollment.authority, revoke)
+    with pytest.raises(RenewalError, match="revoked"):
+        enrollment.renew(enrolled, make_csr(uris=(WEB,)), actor="peer")
+    with store.read() as session:
+        serials = session.scalars(sa.select(CertificateRecord.serial)).all()
+    assert serials == [enrolled.serial_number]  # the successor signed meanwhile was dropped
+
+
+def test_a_token_redeemed_while_the_certificate_is_signed_drops_it(
+    enrollment: EnrollmentService, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two redemptions of one token: the second read the token before the first redeemed
+    it; the conditional UPDATE refuses the second, whose certificate is never stored."""
+    created = enrollment.create_token(grant(), ttl=TTL, actor="admin")
+    won: list[x509.Certificate] = []
+    rival = lambda: won.append(  # noqa: E731
+        enrollment.enroll(created.secret, make_csr(uris=(WEB,)), actor="rival").certificate
+    )
+    _before_next_signature(monkeypatch, enrollment.authority, rival)
+    with pytest.raises(TokenError) as refused:
+        enrollment.enroll(created.secret, make_csr(uris=(WEB,)), actor="late")
+    assert refused.value.problem is TokenProblem.USED
+    with store.read() as session:
+        serials = session.scalars(sa.select(CertificateRecord.serial)).all()
+    assert serials == [won[0].serial_number]
+    assert token_row(store, created.token_id).used_by == "rival"
+
+
 @pytest.mark.parametrize("after", [datetime.timedelta(0), datetime.timedelta(seconds=1)])
 def test_attack_renewal_with_an_expired_certificate_is_refused(
     enrollment: EnrollmentService,
@@ -683,18 +738,18 @@ def test_two_simultaneous_redemptions_of_one_token_issue_exactly_one_certificate
     assert_chain_intact(shared_store)
 
 
-class PausingAuthority(Authority):
-    """An Authority whose first issuance waits for ``pause()``: a redemption held mid-transaction."""
+def pause_first_recording(monkeypatch: pytest.MonkeyPatch, pause: Callable[[], None]) -> None:
+    """The first enrolment to record its certificate waits for ``pause()`` first: inside its
+    write transaction, after its redemption's UPDATE took the token row's lock."""
+    original = enrollment_module.add_certificate_row
+    pending: list[Callable[[], None]] = [pause]
 
-    def __init__(self, *, pause: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._pause: Callable[[], None] | None = pause
+    def add_certificate_row(session: Any, row: Any) -> int:
+        if pending:
+            pending.pop()()
+        return original(session, row)
 
-    def issue_issued(self, public_key: Any, **kwargs: Any) -> Issued:
-        pause, self._pause = self._pause, None
-        if pause is not None:
-            pause()
-        return super().issue_issued(public_key, **kwargs)
+    monkeypatch.setattr(enrollment_module, "add_certificate_row", add_certificate_row)
 
 
 def wait_for_lock_waiter(database: str, deadline: float) -> None:
@@ -713,7 +768,7 @@ def wait_for_lock_waiter(database: str, deadline: float) -> None:
 
 @pytest.mark.parametrize("first_fails", [False, True])
 def test_postgresql_a_second_redemption_waits_for_the_first_and_takes_over_only_if_it_fails(
-    authority: Authority, clock: FixedClock, first_fails: bool
+    authority: Authority, clock: FixedClock, first_fails: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Both redemptions are in flight at once: B's UPDATE blocks on A's row lock.
 
@@ -731,16 +786,9 @@ def test_postgresql_a_second_redemption_waits_for_the_first_and_takes_over_only_
             if first_fails:
                 raise RuntimeError("issuance failed")
 
-        pausing = PausingAuthority(
-            pause=pause,
-            certificate=authority.certificate,
-            key=authority.key,
-            settings=authority.settings,
-            chain=authority.chain,
-            clock=clock,
-        )
-        service = EnrollmentService(store=pg, authority=pausing, profiles=BUILTIN_PROFILES, clock=clock)
+        service = EnrollmentService(store=pg, authority=authority, profiles=BUILTIN_PROFILES, clock=clock)
         created = service.create_token(grant(), ttl=TTL, actor="admin")
+        pause_first_recording(monkeypatch, pause)
         results: dict[str, object] = {}
 
         def enrol(name: str) -> None:
@@ -751,7 +799,7 @@ def test_postgresql_a_second_redemption_waits_for_the_first_and_takes_over_only_
 
         first = threading.Thread(target=enrol, args=("A",))
         first.start()
-        assert inside.wait(60), "A never reached issuance"
+        assert inside.wait(60), "A never reached its recording"
         second = threading.Thread(target=enrol, args=("B",))
         second.start()
         for thread in (first, second):
