@@ -217,7 +217,10 @@ def create_api(state: ServerState) -> ASGIApp:
     # Outside FastAPI, in this order: every request is counted (HTTPMetrics), no body over the
     # limit reaches a parser (BodyLimit), and enrol/renew take the direct path (_Direct).
     direct = _Direct(app, handlers)
-    return HTTPMetrics(BodyLimit(direct, max_body=state.config.max_body), state=state)
+    config = state.config
+    return HTTPMetrics(
+        BodyLimit(direct, max_body=config.max_body, timeout=config.request_timeout), state=state
+    )
 
 
 @dataclass
@@ -429,46 +432,60 @@ class _Handlers:
 
 
 class BodyLimit:
-    """Refuses request bodies over ``max_body`` bytes with 413, before the app reads them.
+    """Refuses request bodies over ``max_body`` bytes with 413, before the app reads them,
+    and bodies that take longer than ``timeout`` seconds to arrive with 408.
 
     The whole body (at most ``max_body`` bytes) is read first and replayed to the app, so
     the count holds for ``Content-Length`` and chunked bodies alike, and no parser ever sees
-    a byte past the limit. A declared length over the limit is refused without reading.
+    a byte past the limit. A declared length over the limit is refused without reading. A
+    client trickling its body holds a connection and a task only until the deadline
+    (:mod:`certwright.server.slow_clients` bounds the headers).
     """
 
-    def __init__(self, app: ASGIApp, *, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body: int, timeout: float | None = None) -> None:
         if max_body < 1:
             raise ValueError("max_body must be positive")
         self.app = app
         self.max_body = max_body
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        try:
+            async with asyncio.timeout(self.timeout):
+                body = await self._read(scope, receive, send)
+        except TimeoutError:
+            await _send_problem(send, _too_slow(self.timeout))
+            return
+        if body is not None:
+            await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The body; None when it was refused (answered here) or the client left."""
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body:
             if declared <= self.max_body + DRAIN_LIMIT:
                 await _drain(receive, DRAIN_LIMIT + self.max_body)
             await self._too_large(send)
-            return
+            return None
         chunks: list[bytes] = []
         total = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return  # the client is gone: nobody to answer
+                return None  # the client is gone: nobody to answer
             chunk = bytes(message.get("body", b""))
             total += len(chunk)
             if total > self.max_body:
                 if message.get("more_body", False):
                     await _drain(receive, DRAIN_LIMIT)
                 await self._too_large(send)
-                return
+                return None
             chunks.append(chunk)
             if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+                return b"".join(chunks)
 
     async def _too_large(self, send: Send) -> None:
         problem = Problem(
@@ -478,9 +495,23 @@ class BodyLimit:
             f"the request body is larger than {self.max_body} bytes",
             headers={"Connection": "close"},
         )
-        response = problem.response()
-        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
-        await send({"type": "http.response.body", "body": response.body})
+        await _send_problem(send, problem)
+
+
+def _too_slow(timeout: float | None) -> Problem:
+    return Problem(
+        408,
+        "request-timeout",
+        "Request timeout",
+        f"the request body did not arrive within {timeout:g} seconds",
+        headers={"Connection": "close"},
+    )
+
+
+async def _send_problem(send: Send, problem: Problem) -> None:
+    response = problem.response()
+    await send({"type": "http.response.start", "status": problem.status, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
 
 
 class HTTPMetrics:

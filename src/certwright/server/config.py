@@ -129,6 +129,8 @@ class ServerConfig:
     renew_check: datetime.timedelta = datetime.timedelta(hours=1)  # how often a running server looks
     shutdown_timeout: float = 30.0
     workers: int = 0  # processes serving both listeners; 0: one per CPU this process may use
+    request_timeout: float = 10.0  # seconds for a request's headers, and again for its body
+    max_connections: int = 1000  # per worker process, both listeners each; past it: 503
     access_log: bool = True
     log_level: str = "info"
     public_url_explicit: bool = field(default=False, compare=False)
@@ -141,6 +143,10 @@ class ServerConfig:
             raise ConfigError("ocsp_refresh_before must be positive and shorter than ocsp_validity")
         if self.shutdown_timeout < 0:
             raise ConfigError("shutdown_timeout must not be negative")
+        if not 0 < self.request_timeout <= 3600:
+            raise ConfigError("request_timeout must be more than 0 and at most 3600 seconds")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections must be at least 1")
         if not 0 <= self.workers <= MAX_WORKERS:
             raise ConfigError(f"workers must be 1 to {MAX_WORKERS}, or auto (one per CPU)")
         if self.public_base_url:
@@ -267,6 +273,8 @@ _SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "renew_check": ("renew_check", _duration),
     "shutdown_timeout": ("shutdown_timeout", _float),
     "workers": ("workers", lambda v: _workers(v)),
+    "request_timeout": ("request_timeout", _float),
+    "max_connections": ("max_connections", _int),
     "access_log": ("access_log", _bool),
     "log_level": ("log_level", _text),
 }
@@ -356,6 +364,8 @@ def template(config: ServerConfig) -> str:
         f"# renew_check = {json.dumps(format_duration(c.renew_check))}  # own certificates checked",
         f"# shutdown_timeout = {c.shutdown_timeout}",
         f"# workers = {c.workers or json.dumps('auto')}       # processes; auto: one per CPU",
+        f"# request_timeout = {c.request_timeout}   # seconds for a request's headers, then its body",
+        f"# max_connections = {c.max_connections}   # per worker and listener; beyond: 503",
         f"# access_log = {'true' if c.access_log else 'false'}",
         f"# log_level = {json.dumps(c.log_level)}",
         "",

@@ -32,6 +32,7 @@ status   slug                            raised for
 403      access-denied                   the CA's access policy denies the request
 404      not-found                       an unknown route, or a certificate not in the inventory
 405      method-not-allowed              a known route with another method
+408      request-timeout                 a body slower than ``ServerConfig.request_timeout``
 409      conflict                        a duplicate certificate, an ambiguous serial
 413      body-too-large                  a body over ``ServerConfig.max_body``
 422      invalid-request                 a JSON body or query that fails validation

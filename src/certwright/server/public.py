@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime
@@ -213,7 +214,14 @@ class _Endpoints:
         if content_type is not None and content_type.split(";")[0].strip().lower() != OCSP_REQUEST:
             detail = f"an OCSP request is sent as {OCSP_REQUEST}"
             return Problem(415, "unsupported-media-type", "Unsupported media type", detail).response()
-        body = await _read_at_most(request, self._limits.max_ocsp_request)
+        try:
+            async with asyncio.timeout(self._state.config.request_timeout):
+                body = await _read_at_most(request, self._limits.max_ocsp_request)
+        except TimeoutError:  # a trickled body holds a connection only this long
+            detail = f"the request body did not arrive within {self._state.config.request_timeout:g} seconds"
+            return Problem(
+                408, "request-timeout", "Request timeout", detail, headers={"Connection": "close"}
+            ).response()
         if body is None:
             detail = f"an OCSP request is at most {self._limits.max_ocsp_request} bytes"
             return Problem(413, "body-too-large", "Request too large", detail).response()

@@ -50,6 +50,7 @@ from certwright.revocation.responder import responder_needs_rotation
 from certwright.server.acceptor import BalancedAcceptor, Shares
 from certwright.server.bootstrap import Prepared, renew_due
 from certwright.server.config import Address, format_address
+from certwright.server.slow_clients import guarded
 from certwright.server.state import ServerState
 from certwright.service import CertificateService, RevocationService, StoreStatusSource
 from certwright.service.certificates import ca_key_id
@@ -274,6 +275,9 @@ def listeners(
         "log_level": config.log_level,
         "timeout_graceful_shutdown": config.shutdown_timeout,
         "server_header": False,
+        "limit_concurrency": config.max_connections,  # beyond: uvicorn answers 503
+        # Request headers within request_timeout of accepting, and of each response.
+        "http": guarded(mtls_uvicorn.tls_protocol(AutoHTTPProtocol), timeout=config.request_timeout),
     }
     api_socket, public_socket = sockets
     api_config = mtls_uvicorn.config(
@@ -289,8 +293,8 @@ def listeners(
         host=bound_address(public_socket)[0],
         port=bound_address(public_socket)[1],
         proxy_headers=False,  # the peer's address is the connection's, never a header's
-        # Without TLS the adapter adds no extension; it still writes each response at once.
-        http=mtls_uvicorn.tls_protocol(AutoHTTPProtocol),
+        # Without TLS the adapter (in common["http"]) adds no extension; it still writes
+        # each response at once.
         **common,
     )
     public_config.load()
