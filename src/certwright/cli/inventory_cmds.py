@@ -247,7 +247,11 @@ def revoke_cmd(
     db_url: str | None,
     as_json: bool,
 ) -> None:
-    """Revoke by serial, by identity, or by key (exactly one), with an RFC 5280 reason."""
+    """Revoke by serial, by identity, or by key (exactly one), with an RFC 5280 reason.
+
+    Every reason but unspecified, superseded and certificateHold also revokes the
+    renewals of what it names (they were obtained with its key); they are listed too.
+    """
     if sum(x is not None for x in (serial, identity, key_file)) != 1:
         raise click.UsageError("give exactly one of SERIAL, --identity or --key")
     chosen = parse_reason(reason)

@@ -147,6 +147,9 @@ class RevokeOut(BaseModel):
     status: str
     revoked_at: str | None
     reason: str | None
+    # Renewals of this certificate revoked with it (a reason such as keyCompromise reaches
+    # them: they were obtained with this certificate's key), serials in hex.
+    successors_revoked: list[str] = []
 
 
 class CertificateOut(BaseModel):
@@ -383,6 +386,7 @@ class _Handlers:
             status=updated.status.value,
             revoked_at=_iso(updated.revoked_at) if updated.revoked_at else None,
             reason=updated.revocation_reason.value if updated.revocation_reason else None,
+            successors_revoked=[format(ref.serial, "x") for ref in changed if ref.serial != serial],
         )
 
     def list_certificates(

@@ -425,6 +425,7 @@ class EnrollmentService:
                 actor=actor,
                 at=now,
                 extra={"renewed_from": row.serial_hex},
+                renewed_from_pk=row.id,
             )
         recorded = Recorded(profile.name, row.identity)  # committed, as in enroll()
         return Enrolled(certificate=certificate, chain=self._issuer().chain, recorded=recorded)
@@ -469,6 +470,7 @@ class EnrollmentService:
         at: datetime.datetime,
         extra: Mapping[str, Any],
         token_pk: int | None = None,
+        renewed_from_pk: int | None = None,
     ) -> x509.Certificate:
         """The row, the token's link to it, and the ``issued`` event (what CertificateService
         records, plus ``extra``).
@@ -487,6 +489,7 @@ class EnrollmentService:
             requested_by=actor,
             created_at=at,
         )
+        fields["renewed_from_id"] = renewed_from_pk
         certificate_pk = add_certificate_row(session, (fields, names))
         if token_pk is not None:
             link_certificate(session, token_pk, certificate_pk)

@@ -34,6 +34,7 @@ from certwright.store import (
     iter_revoked,
     mark_revoked,
     reserve_crl_number,
+    revoke_successors,
     status_by_serial,
     unrevoke,
 )
@@ -44,6 +45,16 @@ from certwright.x509.keys import SigningKey
 from certwright.x509.revocation_reason import RevocationReason
 
 DEFAULT_CRL_VALIDITY = datetime.timedelta(days=7)
+# Revoking for these reaches the certificates renewed from the revoked one (see revoke()).
+# Not superseded (replaced, nothing wrong: its successor is the replacement), not
+# certificateHold (undone later, and so would the successors' be), not unspecified (an
+# operator tidying old certificates must not revoke the current one by surprise).
+REACHES_SUCCESSORS = frozenset(RevocationReason) - {
+    RevocationReason.UNSPECIFIED,
+    RevocationReason.SUPERSEDED,
+    RevocationReason.CERTIFICATE_HOLD,
+    RevocationReason.REMOVE_FROM_CRL,
+}
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,13 @@ class RevocationService:
 
         An unknown serial, or a serial already revoked, is refused with the reason and
         changes nothing; an identity or key with no live certificate is refused too.
+
+        For a reason that says the holder must not be trusted (:data:`REACHES_SUCCESSORS`:
+        keyCompromise, affiliationChanged, cessationOfOperation, privilegeWithdrawn, ...),
+        the certificates renewed from these, and their renewals, are revoked too, with the
+        same reason, each with its own audit event naming the certificate it followed:
+        whoever held the key could renew before the revocation, and the successor was
+        obtained with it. Returned after the ones ``selector`` named.
         """
         now = self.clock.now()
         with self.store.write() as session:
@@ -83,16 +101,31 @@ class RevocationService:
             changed = mark_revoked(session, self._scoped(selector), reason=reason, at=now)
             if not changed:
                 raise CertwrightError(_nothing_to_revoke(selector))
-            for ref in changed:
-                append_event(
-                    session,
-                    kind=AuditKind.REVOKED,
-                    actor=self.actor,
-                    at=now,
-                    subject=format(ref.serial, "x"),
-                    details={"reason": reason.value, "selector": _describe(selector)},
-                )
+            self._audit_revoked(session, changed, reason, now, _describe(selector))
+            if reason in REACHES_SUCCESSORS:
+                successors = revoke_successors(session, [ref.id for ref in changed], reason=reason, at=now)
+                origin = ", ".join(format(ref.serial, "x") for ref in changed)
+                self._audit_revoked(session, successors, reason, now, f"renewed from {origin}")
+                changed = changed + successors
         return changed
+
+    def _audit_revoked(
+        self,
+        session: Session,
+        refs: list[CertificateRef],
+        reason: RevocationReason,
+        at: datetime.datetime,
+        selector: str,
+    ) -> None:
+        for ref in refs:
+            append_event(
+                session,
+                kind=AuditKind.REVOKED,
+                actor=self.actor,
+                at=at,
+                subject=format(ref.serial, "x"),
+                details={"reason": reason.value, "selector": selector},
+            )
 
     def unrevoke(self, serial: int) -> CertificateRef:
         """Lift a certificateHold (RFC 5280 5.3.1); any other revocation is final."""

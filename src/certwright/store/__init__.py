@@ -49,6 +49,7 @@ from certwright.store.repository import (
     list_certificates,
     mark_revoked,
     reserve_crl_number,
+    revoke_successors,
     status_by_serial,
     unrevoke,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "parse_san_query",
     "public_key_id",
     "reserve_crl_number",
+    "revoke_successors",
     "search_name",
     "status_by_serial",
     "unrevoke",

@@ -128,6 +128,9 @@ class CertificateRecord(Base):
     requested_by: Mapped[str] = mapped_column(sa.String(256))
     created_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime())
     der: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    # The certificate this one renewed (its id), None for enrolments, imports and CLI
+    # issuance: revoking a certificate for a compromise reaches its successors through it.
+    renewed_from_id: Mapped[int | None] = mapped_column(BigId, index=True)
 
     names: Mapped[list[CertificateName]] = relationship(
         back_populates="certificate",

@@ -170,6 +170,7 @@ def shared_fields(
         "revocation_reason": None,
         "requested_by": requested_by,
         "created_at": created_at,
+        "renewed_from_id": None,  # a renewal sets it (EnrollmentService.renew)
     }
 
 

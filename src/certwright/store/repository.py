@@ -426,6 +426,30 @@ def mark_revoked(
     return _update(session, [*_select(session, selector, at), movable], values)
 
 
+def revoke_successors(
+    session: Session, revoked: Sequence[int], *, reason: RevocationReason, at: datetime.datetime
+) -> list[CertificateRef]:
+    """Revoke the renewals of the certificates with ids ``revoked``, and theirs, recursively.
+
+    Follows ``renewed_from_id`` (one recursive query, SQLite and PostgreSQL alike); good or
+    held successors become revoked with ``reason``, already revoked ones are left alone.
+    Returns the rows that changed.
+    """
+    if not revoked:
+        return []
+    record = CertificateRecord
+    first = sa.select(record.id).where(record.renewed_from_id.in_(list(revoked)))
+    lineage = first.cte("lineage", recursive=True)
+    lineage = lineage.union(sa.select(record.id).join(lineage, record.renewed_from_id == lineage.c.id))
+    movable = sa.or_(record.status == CertificateStatus.GOOD, record.status == CertificateStatus.ON_HOLD)
+    values: dict[str, Any] = {
+        "status": CertificateStatus.REVOKED,
+        "revocation_reason": reason,
+        "revoked_at": sa.func.coalesce(record.revoked_at, sa.literal(at, UTCDateTime())),
+    }
+    return _update(session, [record.id.in_(sa.select(lineage.c.id)), movable], values)
+
+
 def unrevoke(session: Session, selector: Selector, *, at: datetime.datetime) -> list[CertificateRef]:
     """Lift a certificateHold (RFC 5280 5.3.1: the only revocation that can be undone).
 

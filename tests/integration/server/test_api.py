@@ -544,6 +544,52 @@ def test_holder_cannot_revoke_another_certificate_of_its_identity(
     assert admin.get(f"/v1/certificates/{renewed.json()['serial']}").json()["status"] == "good"
 
 
+def test_attack_renewals_made_with_a_stolen_key_die_with_the_compromised_certificate(
+    env: Env, admin: httpx.Client, anon: httpx.Client
+) -> None:
+    """Whoever holds a certificate's key can renew it. Revoking the original for
+    keyCompromise must cut off the successors obtained with it, and theirs."""
+    workload = _enroll(env, admin, anon)
+    files, pairs = workload.files, []
+    for step in range(2):  # the thief renews twice, each time with the newest certificate
+        key = ec.generate_private_key(ec.SECP256R1())
+        with _client(env, files) as thief:
+            renewed = thief.post("/v1/renew", json={"csr": _csr(key)})
+        assert renewed.status_code == 201, renewed.text
+        body = renewed.json()
+        certificate = x509.load_pem_x509_certificate(body["certificate"].encode())
+        files = _write_pair(
+            env.directory / "stolen",
+            f"s{step}-{body['serial']}",
+            certificate,
+            key,
+            env.bundle,
+            body["chain"].encode(),
+        )
+        pairs.append((body["serial"], files))
+
+    revoked = admin.post("/v1/revoke", json={"serial": workload.serial, "reason": "keyCompromise"})
+    assert revoked.status_code == 200, revoked.text
+    assert sorted(revoked.json()["successors_revoked"]) == sorted(serial for serial, _ in pairs)
+    for serial, successor in pairs:
+        shown = admin.get(f"/v1/certificates/{serial}").json()
+        assert (shown["status"], shown["revocation_reason"]) == ("revoked", "keyCompromise")
+        with _client(env, successor) as thief:
+            refused = thief.post("/v1/renew", json={"csr": _csr(ec.generate_private_key(ec.SECP256R1()))})
+        _assert_problem(refused, 403, "peer-refused")
+
+
+def test_superseded_reaches_no_successor(env: Env, admin: httpx.Client, anon: httpx.Client) -> None:
+    workload = _enroll(env, admin, anon)
+    with _client(env, workload.files) as client:
+        renewed = client.post("/v1/renew", json={"csr": _csr(ec.generate_private_key(ec.SECP256R1()))})
+    assert renewed.status_code == 201, renewed.text
+    revoked = admin.post("/v1/revoke", json={"serial": workload.serial, "reason": "superseded"})
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["successors_revoked"] == []
+    assert admin.get(f"/v1/certificates/{renewed.json()['serial']}").json()["status"] == "good"
+
+
 def test_body_over_the_limit(env: Env, admin: httpx.Client, anon: httpx.Client) -> None:
     limit = env.state.config.max_body
     token = _token(admin, f"spiffe://{TD}/big")

@@ -580,6 +580,74 @@ def test_attack_renewal_with_a_revoked_or_held_certificate_is_refused(
     assert state(store) == before
 
 
+def _renewals(enrollment: EnrollmentService, first: x509.Certificate, count: int) -> list[x509.Certificate]:
+    lineage = [first]
+    for _ in range(count):
+        lineage.append(enrollment.renew(lineage[-1], make_csr(uris=(WEB,)), actor="peer").certificate)
+    return lineage
+
+
+def _status(store: Store, certificate: x509.Certificate) -> tuple[str, str | None]:
+    with store.read() as session:
+        row = session.execute(
+            sa.select(CertificateRecord.status, CertificateRecord.revocation_reason).where(
+                CertificateRecord.serial == certificate.serial_number
+            )
+        ).one()
+    return row[0].value, row[1].value if row[1] is not None else None
+
+
+def test_a_compromise_revokes_the_renewals_after_it_not_before(
+    enrollment: EnrollmentService, revocations: RevocationService, store: Store, enrolled: x509.Certificate
+) -> None:
+    first, second, third, fourth = _renewals(enrollment, enrolled, 3)
+    head = audit_head_seq(store)
+    changed = revocations.revoke(BySerial(second.serial_number), Reason.KEY_COMPROMISE)
+    later = (second, third, fourth)
+    assert [ref.serial for ref in changed] == [c.serial_number for c in later]
+    assert _status(store, first) == ("good", None)  # its predecessor had another key
+    for certificate in later:
+        assert _status(store, certificate) == ("revoked", "keyCompromise")
+    revoked = [(subject, details) for kind, subject, _, details in events(store, head) if kind == "revoked"]
+    origin = f"{second.serial_number:x}"
+    assert revoked == [
+        (origin, {"reason": "keyCompromise", "selector": f"serial {origin}"}),
+        (f"{third.serial_number:x}", {"reason": "keyCompromise", "selector": f"renewed from {origin}"}),
+        (f"{fourth.serial_number:x}", {"reason": "keyCompromise", "selector": f"renewed from {origin}"}),
+    ]
+    assert_chain_intact(store)
+
+
+def test_a_successor_already_revoked_is_left_alone(
+    enrollment: EnrollmentService, revocations: RevocationService, store: Store, enrolled: x509.Certificate
+) -> None:
+    first, second, third = _renewals(enrollment, enrolled, 2)
+    revocations.revoke(BySerial(second.serial_number), Reason.SUPERSEDED)  # reaches nothing
+    assert _status(store, third) == ("good", None)
+    changed = revocations.revoke(BySerial(first.serial_number), Reason.CESSATION_OF_OPERATION)
+    assert [ref.serial for ref in changed] == [first.serial_number, third.serial_number]
+    assert _status(store, second) == ("revoked", "superseded")  # its first revocation stands
+
+
+@pytest.mark.parametrize("reason", [Reason.SUPERSEDED, Reason.UNSPECIFIED, Reason.CERTIFICATE_HOLD])
+def test_reasons_that_say_nothing_against_the_holder_reach_no_successor(
+    enrollment: EnrollmentService,
+    revocations: RevocationService,
+    store: Store,
+    enrolled: x509.Certificate,
+    reason: Reason,
+) -> None:
+    first, second = _renewals(enrollment, enrolled, 1)
+    changed = revocations.revoke(BySerial(first.serial_number), reason)
+    assert [ref.serial for ref in changed] == [first.serial_number]
+    assert _status(store, second) == ("good", None)
+
+
+def audit_head_seq(store: Store) -> int:
+    with store.read() as session:
+        return audit_head(session)[0]
+
+
 def _before_next_signature(
     monkeypatch: pytest.MonkeyPatch, authority: Authority, act: Callable[[], None]
 ) -> None:
