@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchcommon import log, machine_info
+from benchcommon import log, machine_info, tree_cpu_seconds
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
@@ -106,8 +106,8 @@ class Serve:
                 urls.put(found.group(1))
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time of the server and its worker processes, living or reaped."""
+        return tree_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchcommon import log, machine_info
+from benchcommon import log, machine_info, tree_cpu_seconds
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -160,35 +160,6 @@ class Cfssl(Process):
                     raise self.fail("did not start") from None
                 time.sleep(0.05)
         self.url = f"{self.scheme}://127.0.0.1:{self.port}"
-
-
-def _stat(pid: int | str) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """utime + stime of ``root`` and every live descendant, plus the children ``root`` reaped
-    (cutime + cstime): a ``serve`` supervisor's workers included."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat(entry)) is not None:
-            parents[int(entry)] = int(fields[1])
-            ticks[int(entry)] = int(fields[11]) + int(fields[12])
-    root_fields = _stat(root)
-    if root_fields is None:
-        return 0.0
-    total = int(root_fields[11]) + int(root_fields[12]) + int(root_fields[13]) + int(root_fields[14])
-    for pid in ticks:
-        ancestor = parents.get(pid)
-        while ancestor is not None and ancestor not in (0, 1, root):
-            ancestor = parents.get(ancestor)
-        if ancestor == root and pid != root:
-            total += ticks[pid]
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -630,7 +601,7 @@ def cfssl_version() -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=600, help="enrolments (and cfssl signatures) per cell")
+    p.add_argument("--requests", type=int, default=2000, help="enrolments (and cfssl signatures) per cell")
     p.add_argument("--seconds", type=float, default=5.0, help="duration of the renew and OCSP cells")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64])
     p.add_argument("--client-procs", type=int, default=2, help="client processes (asyncio loops)")

@@ -44,3 +44,32 @@ def machine_info(**extra: object) -> dict[str, object]:
         "openssl_cli": openssl_cli.stdout.strip(),
         **extra,
     }
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime + stime of ``root`` and every live descendant, plus the children ``root`` reaped
+    (cutime + cstime): a ``serve`` supervisor's workers included."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat(entry)) is not None:
+            parents[int(entry)] = int(fields[1])
+            ticks[int(entry)] = int(fields[11]) + int(fields[12])
+    root_fields = _stat(root)
+    if root_fields is None:
+        return 0.0
+    total = int(root_fields[11]) + int(root_fields[12]) + int(root_fields[13]) + int(root_fields[14])
+    for pid in ticks:
+        ancestor = parents.get(pid)
+        while ancestor is not None and ancestor not in (0, 1, root):
+            ancestor = parents.get(ancestor)
+        if ancestor == root and pid != root:
+            total += ticks[pid]
+    return total / os.sysconf("SC_CLK_TCK")
