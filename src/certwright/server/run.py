@@ -316,13 +316,15 @@ def run(
     renew_own: bool = True,
     metrics_dir: Path | None = None,
     signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+    force_signals: Sequence[int] | None = None,
     balance: Balance | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; ``on_ready`` is called once both listeners accept.
 
     ``renew_own``: whether this process renews the server's own certificates when due
     (one worker of several does; every worker follows the OCSP responder's rotation).
-    ``signals``: those that stop it (a worker leaves SIGINT to its supervisor).
+    ``signals``: those that stop it gracefully (a worker leaves SIGINT to its supervisor);
+    ``force_signals``: those that stop it at once (None: any second signal).
     ``balance``: a worker's place among those sharing the (listening) sockets.
     Raises when a listener cannot start or stops on its own (the caller exits non-zero).
     """
@@ -335,7 +337,7 @@ def run(
         def maintain() -> Coroutine[Any, Any, None]:
             return _maintain(prepared, state, clock, renew_own=renew_own)
 
-        runner.run(_serve(servers, on_ready, maintain, signals=signals))
+        runner.run(_serve(servers, on_ready, maintain, signals=signals, force_signals=force_signals))
 
 
 async def _maintain(prepared: Prepared, state: ServerState, clock: Clock, *, renew_own: bool) -> None:
@@ -394,20 +396,24 @@ async def _serve(
     maintain: Callable[[], Coroutine[Any, Any, None]] | None = None,
     *,
     signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+    force_signals: Sequence[int] | None = None,
 ) -> None:
+    """``signals`` stop gracefully; with ``force_signals`` None, a second one stops at once,
+    else only those do (a worker: its supervisor and systemd may both send SIGTERM)."""
     loop = asyncio.get_running_loop()
     stopping: list[int] = []
 
     def stop(signum: int) -> None:
-        if stopping:  # a second signal: do not wait for the requests in flight
-            _log.warning("second signal: stopping now")
+        forced = signum in force_signals if force_signals is not None else bool(stopping)
+        if forced:  # do not wait for the requests in flight
+            _log.warning("signal %d: stopping now", signum)
             for server in servers:
                 server.force_exit = True
         stopping.append(signum)
         for server in servers:
             server.should_exit = True
 
-    for signum in signals:
+    for signum in (*signals, *(force_signals or ())):
         loop.add_signal_handler(signum, stop, signum)
     tasks = [loop.create_task(s.serve_bound(), name=f"certwright-{s.what}") for s in servers]
     maintenance: asyncio.Task[None] | None = None
@@ -432,7 +438,7 @@ async def _serve(
             maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintenance
-        for signum in signals:
+        for signum in (*signals, *(force_signals or ())):
             loop.remove_signal_handler(signum)
     for result in results:
         if isinstance(result, BaseException):

@@ -21,8 +21,10 @@ replicas on one machine that share the CA's memory pages:
   follows the OCSP responder's rotation, as replicas sharing a directory do.
 
 Supervision: SIGTERM or SIGINT to the supervisor is passed on to every worker as SIGTERM
-(requests in flight finish); a second signal is passed on too, and the workers stop at
-once. Workers ignore SIGINT, so Ctrl-C at a terminal is one signal, not two. A worker
+(requests in flight finish; a worker takes more SIGTERMs, such as systemd's to the whole
+group, as the same request); a second signal to the supervisor reaches the workers as
+SIGQUIT, and they stop at once. Workers ignore SIGINT, so Ctrl-C at a terminal is one
+signal, not two. A worker
 that exits while the server is not stopping is started again; more than
 ``RESTARTS_PER_MINUTE`` restarts a minute stop the server (exit non-zero): a worker that
 cannot run would otherwise be forked forever. Each worker dies with its supervisor
@@ -173,9 +175,11 @@ def serve_workers(
 
 def _note(supervisor: _Supervisor) -> Callable[[int, FrameType | None], None]:
     def handler(signum: int, _frame: FrameType | None) -> None:
+        # Passed on at once. A worker drains on SIGTERM and ignores more of them (systemd
+        # sends SIGTERM to the whole group as well); a second signal here means "now":
+        # SIGQUIT, which a worker takes as its force signal.
+        supervisor.signal_all(signal.SIGQUIT if supervisor.signals else signal.SIGTERM)
         supervisor.signals.append(signum)
-        # Passed on at once: the second signal must reach the workers while they drain.
-        supervisor.signal_all(signal.SIGTERM)
 
     return handler
 
@@ -231,6 +235,7 @@ def _worker(supervisor: _Supervisor, index: int) -> None:
             renew_own=index == 0,
             metrics_dir=supervisor.metrics_dir,
             signals=(signal.SIGTERM,),
+            force_signals=(signal.SIGQUIT,),
             balance=Balance(index, supervisor.shares),
         )
         code = 0

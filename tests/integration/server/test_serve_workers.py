@@ -221,3 +221,40 @@ def test_the_worker_count_comes_from_the_settings_file_too(tmp_path: Path) -> No
     with ServeProcess(data) as server:
         assert len(children(server.pid)) == 3, server.output
         assert "3 worker processes" in "".join(server.stdout)
+
+
+def test_sigterm_to_the_whole_group_is_one_graceful_stop(tmp_path: Path) -> None:
+    """systemd (KillMode=control-group) sends SIGTERM to the supervisor and every worker;
+    the supervisor passes its own on too: still one graceful stop, not an abrupt one."""
+    server = ServeProcess(tmp_path / "data", "--workers", str(WORKERS)).start()
+    try:
+        workers = children(server.pid)
+        for pid in (server.pid, *workers):
+            os.kill(pid, signal.SIGTERM)
+        assert server.wait() == 0, server.output
+    finally:
+        server.stop()
+    assert "stopping now" not in server.output
+    assert "Traceback" not in server.output and "CancelledError" not in server.output
+    assert not any(alive(pid) for pid in workers)
+
+
+def test_a_second_signal_to_the_supervisor_stops_the_workers_at_once(tmp_path: Path) -> None:
+    server = ServeProcess(tmp_path / "data", "--workers", str(WORKERS)).start()
+    try:
+        workers = children(server.pid)
+        with socket.create_connection(("127.0.0.1", port_of(server.http_url))) as slow:
+            # A first request answered proves a worker holds the connection; the second
+            # will not finish by itself (its body never comes): the worker must drain it.
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert slow.recv(4096).startswith(b"HTTP/1.1 200")
+            slow.sendall(b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            server.signal(signal.SIGTERM)
+            wait_for(lambda: "Shutting down" in server.output, "the workers to start draining")
+            assert server.proc is not None and server.proc.poll() is None  # still draining
+            server.signal(signal.SIGINT)
+            assert server.wait(timeout=10) == 0, server.output
+    finally:
+        server.stop()
+    assert "stopping now" in server.output
+    assert not any(alive(pid) for pid in workers)
