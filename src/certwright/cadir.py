@@ -31,6 +31,7 @@ import os
 import secrets
 import shutil
 import tomllib
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,22 @@ INTERMEDIATE_CERT, INTERMEDIATE_KEY = "intermediate.pem", "intermediate.key"
 BUNDLE = "bundle.pem"
 PROFILES = "profiles.toml"
 INVENTORY = "inventory.db"
+
+
+def without_password(url: str) -> str:
+    """``url`` with any password removed from its user part (``user:secret@`` -> ``user@``).
+
+    Example::
+
+        >>> without_password("postgresql+psycopg://ca:s3cret@db.internal/certwright")
+        'postgresql+psycopg://ca@db.internal/certwright'
+    """
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    user_part, _, host_part = parts.netloc.rpartition("@")
+    user = user_part.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{host_part}" if user else host_part))
 
 
 @dataclass(frozen=True)
@@ -81,7 +98,10 @@ class CAConfig:
             f"ca_issuer_urls = {json.dumps(list(s.ca_issuer_urls))}",
         ]
         if self.inventory_url:
-            lines.append(f"inventory_url = {json.dumps(self.inventory_url)}")
+            # Never the password: ca.toml is copied to replicas and read by every command.
+            # Later connections find it where database clients look (PGPASSWORD, ~/.pgpass)
+            # or in a URL given again (--db, CERTWRIGHT_DB).
+            lines.append(f"inventory_url = {json.dumps(without_password(self.inventory_url))}")
         return "\n".join(lines) + "\n"
 
     @classmethod
