@@ -60,23 +60,36 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def write_all(files: dict[Path, tuple[bytes, bool]], *, force: bool, durable: bool = True) -> None:
-    """Write several files or none: refuse if any exists, and undo partial writes on failure."""
-    if not force:
-        for path in files:
-            if path.exists():
-                raise FileExistsError(f"{path} already exists")
+    """Write several files or none: refuse if any exists (unless ``force``), and undo
+    partial writes on failure: a file written is removed again, or, with ``force``, given
+    back the content it had (a failed ``enroll --force`` must not leave a workload with
+    half a new set of files, or none)."""
+    previous: dict[Path, bytes | None] = {}
+    for path in files:
+        if not force and path.exists():
+            raise FileExistsError(f"{path} already exists")
+        if force:
+            previous[path] = path.read_bytes() if path.is_file() else None
     written: list[Path] = []
     try:
         for path, (data, secret) in files.items():
-            if secret:
-                write_secret(path, data, overwrite=force)
-            else:
-                write_file(path, data, overwrite=force, durable=durable)
+            _write_one(path, data, secret=secret, overwrite=force, durable=durable)
             written.append(path)
     except BaseException:
         for path in written:
-            path.unlink(missing_ok=True)
+            old = previous.get(path)
+            if old is None:
+                path.unlink(missing_ok=True)
+            else:
+                _write_one(path, old, secret=files[path][1], overwrite=True, durable=durable)
         raise
+
+
+def _write_one(path: Path, data: bytes, *, secret: bool, overwrite: bool, durable: bool) -> None:
+    if secret:
+        write_secret(path, data, overwrite=overwrite)
+    else:
+        write_file(path, data, overwrite=overwrite, durable=durable)
 
 
 def _open_authority(ca_dir: Path, passphrase_file: Path | None) -> tuple[CADirectory, Authority]:
