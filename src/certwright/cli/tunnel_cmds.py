@@ -97,6 +97,14 @@ def tunnel() -> None:
 @click.option("--service", help="The service name the policy rules name (with --policy).")
 @click.option("--crl", metavar="FILE|URL", help="Refuse revoked peers: a CRL file or http(s) URL, refreshed.")
 @click.option("--trust-domain", help="Refuse peers whose identity is outside this trust domain.")
+@click.option(
+    "--recheck-interval",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Check each open connection's peer again this often (seconds): revoked, expired or "
+    "no longer allowed, the connection is cut.",
+)
 def tunnel_server(
     *,
     listen: str,
@@ -110,6 +118,7 @@ def tunnel_server(
     service: str | None,
     crl: str | None,
     trust_domain: str | None,
+    recheck_interval: float,
     **limits: Any,
 ) -> None:
     """Terminate mTLS on --listen, authorize each peer, forward plain TCP to --target.
@@ -134,7 +143,7 @@ def tunnel_server(
             files=TLSFiles(cert, key, bundle),
             access=access,
             verifier=PeerVerifier(bundle, crl=revocation, trust_domain=trust_domain),
-            limits=Limits(**limits),
+            limits=Limits(**limits, recheck_interval=recheck_interval),
         )
         asyncio.run(run_until_signalled(server))
     finally:

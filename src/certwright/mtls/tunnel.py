@@ -197,12 +197,18 @@ class TunnelAccess:
 
 @dataclass(frozen=True)
 class Limits:
-    """Timeouts (seconds) and sizes of a tunnel; ``idle_timeout=None`` never times out."""
+    """Timeouts (seconds) and sizes of a tunnel; ``idle_timeout=None`` never times out.
+
+    ``recheck_interval``: how often the tunnel server checks an open connection's peer
+    again (expiry, revocation through the verifier's CRL, the access decision) and cuts the
+    connection if it no longer passes; None checks only at the handshake.
+    """
 
     max_connections: int = 1024
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
     idle_timeout: float | None = None
+    recheck_interval: float | None = 60.0
     shutdown_grace: float = 5.0
     chunk: int = 64 * 1024
     backlog: int = 1024
@@ -359,7 +365,33 @@ class TunnelServer(Tunnel):
         target = await self._open_target(source, who)
         if target is None:
             return
-        await _splice(reader, writer, *target, limits=self.limits)
+        watch = None
+        if self.limits.recheck_interval is not None:
+            watch = asyncio.create_task(self._watch(writer, source, who, self.limits.recheck_interval))
+        try:
+            await _splice(reader, writer, *target, limits=self.limits)
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+    async def _watch(self, writer: asyncio.StreamWriter, source: str, who: str, interval: float) -> None:
+        """Check the peer again every ``interval`` s; close the connection once it fails.
+
+        A connection can outlive the certificate that opened it (a long upload, a database
+        session): a revocation or an expiry must end it, not only refuse the next one.
+        """
+        while not writer.is_closing():
+            await asyncio.sleep(interval)
+            try:
+                peer = self.verifier.peer_of(writer.transport)
+                decision = self.access.decide(peer.subject)
+                reason = None if decision.allowed else decision.reason
+            except CertwrightError as exc:
+                reason = str(exc)
+            if reason is not None:
+                log.warning("cut %s %s: %s", source, who, reason)
+                writer.close()  # both directions end: _splice sees the client side closed
+                return
 
 
 class TunnelClient(Tunnel):

@@ -204,6 +204,50 @@ def test_server_refuses_a_revoked_peer_and_picks_up_a_new_crl(
     assert any("revoked" in line and line.startswith("denied") for line in decisions(caplog))
 
 
+def test_server_cuts_an_open_connection_once_its_peer_is_revoked(
+    pki: TestPKI, tmp_path: Path, write_workload, server_files: TLSFiles, client_files: TLSFiles, caplog
+) -> None:
+    """A connection opened before the revocation does not outlive it: the peer is checked
+    again every ``recheck_interval`` and the connection cut; another peer's stays open."""
+    crl_file = tmp_path / "ca.crl"
+    crl_file.write_bytes(pki.crl_pem())
+    revoked = pki.leaf(CLIENT_ID)
+    revoked_files = write_workload(revoked, "revoked-later")
+
+    async def open_pair(port: int, files: TLSFiles) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx(files), server_hostname="server"
+        )
+        writer.write(b"ping")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(4), DEADLINE) == b"ping"
+        return reader, writer
+
+    async def scenario() -> None:
+        crls = CrlSource(crl_file, issuers=[server_files.cert, server_files.bundle], check_interval=0.05)
+        verifier = PeerVerifier(server_files.bundle, crl=crls)
+        limits = Limits(recheck_interval=0.1)
+        async with Echo() as echo:
+            server = tunnel_server(server_files, echo.address, verifier=verifier, limits=limits)
+            async with running(server) as port:
+                doomed_reader, doomed = await open_pair(port, revoked_files)
+                kept_reader, kept = await open_pair(port, client_files)
+                pki.revoke(revoked.serial)
+                crl_file.write_bytes(pki.crl_pem())
+                # The server closes the revoked peer's connection by itself: EOF or reset.
+                with contextlib.suppress(OSError, ssl.SSLError, asyncio.IncompleteReadError):
+                    assert await asyncio.wait_for(doomed_reader.read(), DEADLINE) == b""
+                # Control: the other peer's connection, open as long, still works.
+                kept.write(b"pong")
+                await kept.drain()
+                assert await asyncio.wait_for(kept_reader.readexactly(4), DEADLINE) == b"pong"
+                for writer in (doomed, kept):
+                    writer.close()
+
+    asyncio.run(scenario())
+    assert any(line.startswith("cut") and "revoked" in line for line in decisions(caplog))
+
+
 def test_client_to_server_end_to_end_with_200_concurrent_connections(
     pki: TestPKI, server_files: TLSFiles, client_files: TLSFiles
 ) -> None:
