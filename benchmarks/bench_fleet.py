@@ -32,24 +32,18 @@ import concurrent.futures
 import datetime
 import json
 import multiprocessing
-import os
-import queue
 import random
-import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchcommon import log, machine_info, tree_cpu_seconds
+from benchcommon import Serve, log, machine_info
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
@@ -63,60 +57,9 @@ from certwright.x509.keys import generate_key, private_key_pem, signature_hash
 PASSPHRASE = "bench-fleet-passphrase"
 SERVER_ID = SpiffeId.parse("spiffe://example.org/certwright/server")
 LIFETIME = datetime.timedelta(hours=24)
-_LISTENING = re.compile(r"listening on (https?://\S+)")
 
 
 # -- the server ------------------------------------------------------------------------------
-
-
-class Serve:
-    """``certwright serve`` on free ports, stopped by PID; CPU time read from /proc."""
-
-    def __init__(self, directory: Path) -> None:
-        exe = Path(sys.executable).parent / "certwright"
-        env = {**os.environ, "CERTWRIGHT_CA_PASSPHRASE": PASSPHRASE, "PYTHONUNBUFFERED": "1",
-               "CERTWRIGHT_ACCESS_LOG": "false", "CERTWRIGHT_LOG_LEVEL": "warning"}  # fmt: skip
-        command = [str(exe), "serve", "--dir", str(directory), "--listen", "127.0.0.1:0",
-                   "--http-listen", "127.0.0.1:0"]  # fmt: skip
-        self.directory = directory
-        self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        self.lines: list[str] = []
-        urls: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, args=(urls,), daemon=True).start()
-        self.api = ""
-        deadline = time.monotonic() + 120
-        while not self.api:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("certwright serve did not start:\n" + "".join(self.lines[-30:]))
-            try:
-                url = urls.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if url.startswith("https://"):
-                self.api = url
-
-    def _read(self, urls: queue.Queue[str]) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if found := _LISTENING.search(line):
-                urls.put(found.group(1))
-
-    def cpu_seconds(self) -> float:
-        """CPU time of the server and its worker processes, living or reaped."""
-        return tree_cpu_seconds(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
 
 
 # -- simulated agents (run in client processes) -------------------------------------------------
@@ -284,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         data, work = root / "data", root / "agents"
         work.mkdir()
-        server = Serve(data)
+        server = Serve("serve", data, None, passphrase=PASSPHRASE)
         shutil.copy(data / "bundle.pem", work / "bundle.pem")
         log(f"server {server.api}; enrolling {args.agents} agents")
         started = time.time()

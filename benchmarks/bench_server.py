@@ -26,21 +26,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import multiprocessing
 import os
-import queue
-import re
 import shutil
-import signal
 import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -48,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchcommon import log, machine_info, tree_cpu_seconds
+from benchcommon import Process, Serve, log, machine_info
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -60,77 +55,10 @@ from certwright.files import read_private_key
 TRUST_DOMAIN = "example.org"
 PASSPHRASE = "bench-server-passphrase"
 DEFAULT_PG = os.environ.get("CERTWRIGHT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-_LISTENING = re.compile(r"listening on (https?://\S+)")
 
 
 # ---------------------------------------------------------------------------------------------
 # Server processes
-
-
-def certwright_exe() -> str:
-    exe = Path(sys.executable).parent / "certwright"
-    return str(exe) if exe.is_file() else "certwright"
-
-
-class Process:
-    """A server process started by the benchmark, stopped by PID; its output kept."""
-
-    def __init__(self, name: str, command: list[str], *, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        self.lines: list[str] = []
-        self.urls: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if found := _LISTENING.search(line):
-                self.urls.put(found.group(1))
-
-    def cpu_seconds(self) -> float:
-        """CPU time of the process and its worker processes, living or reaped."""
-        return tree_cpu_seconds(self.proc.pid)
-
-    def fail(self, why: str) -> RuntimeError:
-        return RuntimeError(f"{self.name}: {why}\n{''.join(self.lines[-40:])}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
-
-
-class Serve(Process):
-    """``certwright serve --dir DIR [--db URL]`` on free ports; ``api`` and ``public`` URLs."""
-
-    def __init__(self, name: str, directory: Path, db_url: str | None) -> None:
-        env = {**os.environ, "CERTWRIGHT_CA_PASSPHRASE": PASSPHRASE, "PYTHONUNBUFFERED": "1",
-               "CERTWRIGHT_ACCESS_LOG": "false", "CERTWRIGHT_LOG_LEVEL": "warning"}
-        env.pop("CERTWRIGHT_DB", None)
-        command = [certwright_exe(), "serve", "--dir", str(directory),
-                   "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
-        if db_url:
-            command += ["--db", db_url]
-        super().__init__(name, command, env=env)
-        self.directory = directory
-        urls = []
-        deadline = time.monotonic() + 120
-        while len(urls) < 2:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise self.fail("did not start")
-            with contextlib.suppress(queue.Empty):
-                urls.append(self.urls.get(timeout=0.1))
-        self.api = next(u for u in urls if u.startswith("https://"))
-        self.public = next(u for u in urls if u.startswith("http://"))
 
 
 class Cfssl(Process):
@@ -498,7 +426,7 @@ def run(args: argparse.Namespace) -> Report:
     procs = args.client_procs
     try:
         log("starting servers")
-        sqlite = Serve("serve (SQLite)", work / "sqlite", None)
+        sqlite = Serve("serve (SQLite)", work / "sqlite", None, passphrase=PASSPHRASE)
         processes.append(sqlite)
         d1 = sqlite.directory
         key = read_private_key(d1 / "ca" / "intermediate.key", PASSPHRASE.encode())
@@ -513,9 +441,9 @@ def run(args: argparse.Namespace) -> Report:
         processes.append(cfssl_https)
         clusters: list[tuple[str, list[Serve], Path]] = [("certwright, 1 replica, SQLite", [sqlite], d1)]
         if not args.no_postgres and (pg := postgres_database(args.postgres)) is not None:
-            first = Serve("serve A (PostgreSQL)", work / "pg", pg[1])
+            first = Serve("serve A (PostgreSQL)", work / "pg", pg[1], passphrase=PASSPHRASE)
             processes.append(first)
-            second = Serve("serve B (PostgreSQL)", work / "pg", pg[1])
+            second = Serve("serve B (PostgreSQL)", work / "pg", pg[1], passphrase=PASSPHRASE)
             processes.append(second)
             clusters.append(("certwright, 1 replica, PostgreSQL", [first], first.directory))
             clusters.append(("certwright, 2 replicas, PostgreSQL", [first, second], first.directory))

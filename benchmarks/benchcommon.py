@@ -5,11 +5,17 @@ The scripts run as ``python benchmarks/NAME.py``, so this directory is on ``sys.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import queue
+import re
+import signal
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import cryptography
@@ -73,3 +79,74 @@ def tree_cpu_seconds(root: int) -> float:
         if ancestor == root and pid != root:
             total += ticks[pid]
     return total / os.sysconf("SC_CLK_TCK")
+
+
+# -- server processes -------------------------------------------------------------------------
+
+_LISTENING = re.compile(r"listening on (https?://\S+)")
+
+
+def certwright_exe() -> str:
+    exe = Path(sys.executable).parent / "certwright"
+    return str(exe) if exe.is_file() else "certwright"
+
+
+class Process:
+    """A server process started by the benchmark, stopped by PID; its output kept."""
+
+    def __init__(self, name: str, command: list[str], *, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        self.lines: list[str] = []
+        self.urls: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if found := _LISTENING.search(line):
+                self.urls.put(found.group(1))
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the process and its worker processes, living or reaped."""
+        return tree_cpu_seconds(self.proc.pid)
+
+    def fail(self, why: str) -> RuntimeError:
+        return RuntimeError(f"{self.name}: {why}\n{''.join(self.lines[-40:])}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+
+
+class Serve(Process):
+    """``certwright serve --dir DIR [--db URL]`` on free ports; ``api`` and ``public`` URLs."""
+
+    def __init__(self, name: str, directory: Path, db_url: str | None, *, passphrase: str) -> None:
+        env = {**os.environ, "CERTWRIGHT_CA_PASSPHRASE": passphrase, "PYTHONUNBUFFERED": "1",
+               "CERTWRIGHT_ACCESS_LOG": "false", "CERTWRIGHT_LOG_LEVEL": "warning"}
+        env.pop("CERTWRIGHT_DB", None)
+        command = [certwright_exe(), "serve", "--dir", str(directory),
+                   "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
+        if db_url:
+            command += ["--db", db_url]
+        super().__init__(name, command, env=env)
+        self.directory = directory
+        urls = []
+        deadline = time.monotonic() + 120
+        while len(urls) < 2:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise self.fail("did not start")
+            with contextlib.suppress(queue.Empty):
+                urls.append(self.urls.get(timeout=0.1))
+        self.api = next(u for u in urls if u.startswith("https://"))
+        self.public = next(u for u in urls if u.startswith("http://"))

@@ -629,10 +629,9 @@ class _Direct:
             if not self._loop_keeps_connections:  # the loop's thread: first request
                 self.handlers.state.store.keep_connections_in_this_thread()
                 self._loop_keeps_connections = True
-            try:
+            # WriterBusy: nothing was written; run it where waiting costs no one else.
+            with contextlib.suppress(WriterBusy):
                 return core(scope, fields, INLINE_WRITER_WAIT)
-            except WriterBusy:
-                pass  # nothing was written: run it where waiting costs no one else
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, core, scope, fields, None)
 

@@ -299,8 +299,8 @@ def listeners(
     )
     public_config.load()
     shares: list[tuple[Shares, int] | None] = [None, None]
-    if balance is not None:
-        shares = [(balance.shares[0], balance.index), (balance.shares[1], balance.index)]
+    if balance is not None:  # one share table per socket, in the sockets' order
+        shares = [(table, balance.index) for table in balance.shares]
     return [
         Listener(api_config, api_socket, scheme="https", what="API", shares=shares[0]),
         Listener(public_config, public_socket, scheme="http", what="public", shares=shares[1]),

@@ -58,7 +58,7 @@ from types import FrameType
 
 from certwright.server.acceptor import Shares
 from certwright.server.bootstrap import Prepared
-from certwright.server.config import Address, format_address
+from certwright.server.config import format_address
 from certwright.server.run import Balance, bound_address, preload, run
 
 _log = logging.getLogger("certwright.server")
@@ -71,7 +71,6 @@ BACKLOG = 2048
 @dataclass
 class _Supervisor:
     prepared: Prepared
-    addresses: list[Address]
     count: int
     metrics_dir: Path
     ready_read: int
@@ -144,7 +143,6 @@ def serve_workers(
     ready_read, ready_write = os.pipe()
     supervisor = _Supervisor(
         prepared,
-        addresses,
         count,
         metrics_dir,
         ready_read,

@@ -277,7 +277,8 @@ def _connection_of(session: InTransaction) -> tuple[sa.Connection, Any]:
     return connection, driver
 
 
-def _dialect_of(session: InTransaction) -> sa.Dialect:
+def dialect_of(session: InTransaction) -> sa.Dialect:
+    """The dialect of a Session's or a Connection's database."""
     return session.dialect if isinstance(session, sa.Connection) else session.get_bind().dialect
 
 
@@ -419,7 +420,7 @@ def add_certificates(session: Session, rows: Sequence[Row | EncodedRow]) -> None
     """
     if not rows:
         return
-    encoders = encoders_for(_dialect_of(session))
+    encoders = encoders_for(dialect_of(session))
     encoded = [row if isinstance(row, EncodedRow) else encode_row(encoders, row) for row in rows]
     # Keys are chosen here, not by the insert, so the names can point at their certificate
     # without reading the new ids back.
@@ -457,7 +458,7 @@ def add_certificate_row(session: InTransaction, row: Row) -> int:
             f"certificate serial {serial} of {fields['issuer']!r} (or one with the same fingerprint) "
             "is already in the inventory"
         ) from error
-    encoders = encoders_for(_dialect_of(session))
+    encoders = encoders_for(dialect_of(session))
     encode_name = encoders.names.encode
     encoders.names.insert(
         session,
@@ -485,7 +486,7 @@ class EventChain:
 
     def __init__(self, session: InTransaction) -> None:
         self._session = session
-        self._events = encoders_for(_dialect_of(session)).events
+        self._events = encoders_for(dialect_of(session)).events
         ((self.seq, self.head),) = _LOCK_HEAD.rows(session)
         self._moved = False
 

@@ -72,7 +72,7 @@ class Store:
         self.url = display_url  # password hidden: safe to print and log
         self._writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         self._queue_key = _queue_key(engine)
-        self._pinned = _PinnedConnections(engine) if engine.dialect.name == "sqlite" else None
+        self._pinned = _PinnedConnections(engine, self._writer) if engine.dialect.name == "sqlite" else None
 
     @property
     def dialect(self) -> str:
@@ -228,8 +228,8 @@ class _PinnedConnections:
 
     MAX_THREADS = 4
 
-    def __init__(self, engine: Engine) -> None:
-        self._engines = {False: engine, True: engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})}
+    def __init__(self, reader: Engine, writer: Engine) -> None:
+        self._engines = {False: reader, True: writer}
         self._local = threading.local()
         self._owned: list[tuple[threading.Thread, sa.Connection]] = []
         self._keepers: set[threading.Thread] = set()

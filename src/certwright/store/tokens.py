@@ -1,4 +1,7 @@
-"""Queries of enrolment tokens, and the row lock a renewal takes.
+"""Queries of enrolment tokens, and the certificate reads of the request path.
+
+Besides tokens: what a renewal decides on (:func:`held`, :func:`lock_held`, with its row
+lock) and the status an mTLS peer is checked against (:func:`certificate_status`).
 
 Like :mod:`certwright.store.repository`, every function takes a Session and never begins
 or commits: the use case owns the transaction, so redeeming a token, storing the
@@ -26,7 +29,7 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from certwright.store.bulk import InTransaction, Prepared, RowEncoder
+from certwright.store.bulk import InTransaction, Prepared, RowEncoder, dialect_of
 from certwright.store.models import CertificateRecord, CertificateStatus, EnrollmentToken
 from certwright.x509.revocation_reason import RevocationReason
 
@@ -262,9 +265,7 @@ def insert_token(
 
     Raises ``IntegrityError`` at once for a duplicate hash or id, as the flush does.
     """
-    encoder = _token_encoder(
-        session.dialect if isinstance(session, sa.Connection) else session.get_bind().dialect
-    )
+    encoder = _token_encoder(dialect_of(session))
     row = encoder.encode(
         {
             "token_id": token_id,
