@@ -10,13 +10,13 @@ from cryptography import x509
 from certwright.cadir import INVENTORY, CADirectory, init_ca, open_ca
 from certwright.cli.common import (
     CertwrightGroup,
+    actor,
     emit_json,
     json_option,
     key_type_option,
     passphrase_option,
     read_passphrase,
 )
-from certwright.cli.inventory import actor
 from certwright.cli.render import print_certificate
 from certwright.durations import parse_duration
 from certwright.inspect import describe_certificate

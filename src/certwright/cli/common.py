@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import sys
@@ -22,7 +23,6 @@ EXIT_USAGE = 2  # click's own code for usage errors
 PASSPHRASE_ENV = "CERTWRIGHT_CA_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
 F = TypeVar("F", bound=Callable[..., Any])
-
 
 
 def say(message: str, *, style: str | None = None, label: str | None = None) -> None:
@@ -127,3 +127,11 @@ def key_type_option(*flags: str) -> Callable[[F], F]:
         callback=_parse_key_type,
         help=f"Key type: {names}.",
     )
+
+
+def actor() -> str:
+    """Who asked, as the audit log and the inventory record it."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid-{os.getuid()}"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import getpass
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +12,7 @@ from typing import Any
 import click
 
 from certwright.cadir import CADirectory, open_ca
-from certwright.cli.common import F, Refused
+from certwright.cli.common import F, Refused, actor
 from certwright.inspect import describe_certificate
 from certwright.service import CertificateService, RevocationService
 from certwright.store import CertificateRecord, Store, open_store
@@ -36,14 +34,6 @@ def inventory_options(f: F) -> F:
         type=click.Path(file_okay=False, exists=True, path_type=Path),
         help="CA directory (its inventory is DIR/inventory.db unless ca.toml names another).",
     )(f)
-
-
-def actor() -> str:
-    """Who asked, as the audit log and the inventory record it."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"cli:uid-{os.getuid()}"
 
 
 @dataclass

@@ -58,7 +58,7 @@ from certwright.service.enrollment import EnrollmentService
 from certwright.store import CertificateStatus as StoredStatus
 from certwright.store import Store
 from certwright.store.tokens import certificate_status
-from certwright.store.types import serial_to_bytes
+from certwright.store.values import serial_to_bytes
 
 _log = logging.getLogger("certwright.server")
 ACTOR = "certwright-serve"

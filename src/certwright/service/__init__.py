@@ -4,22 +4,40 @@ A certificate is returned only after the transaction that stores it has committe
 the write fails, the caller gets the error, never an unrecorded certificate.
 """
 
-from certwright.service.certificates import (
-    BatchOutcome,
-    BatchRefusedError,
-    CertificateService,
-    ImportReport,
-)
-from certwright.service.enrollment import (
-    CreatedToken,
-    Enrolled,
-    EnrollmentService,
-    RenewalError,
-    TokenError,
-    TokenGrant,
-    TokenProblem,
-)
-from certwright.service.revocation import RevocationService, StoreStatusSource
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from certwright.service.batches import BatchOutcome, BatchRefusedError
+    from certwright.service.certificates import CertificateService, ImportReport
+    from certwright.service.enrollment import (
+        CreatedToken,
+        Enrolled,
+        EnrollmentService,
+        RenewalError,
+        TokenError,
+        TokenGrant,
+        TokenProblem,
+    )
+    from certwright.service.revocation import RevocationService, StoreStatusSource
+
+_LAZY = {
+    "BatchOutcome": "certwright.service.batches",
+    "BatchRefusedError": "certwright.service.batches",
+    "CertificateService": "certwright.service.certificates",
+    "CreatedToken": "certwright.service.enrollment",
+    "Enrolled": "certwright.service.enrollment",
+    "EnrollmentService": "certwright.service.enrollment",
+    "ImportReport": "certwright.service.certificates",
+    "RenewalError": "certwright.service.enrollment",
+    "RevocationService": "certwright.service.revocation",
+    "StoreStatusSource": "certwright.service.revocation",
+    "TokenError": "certwright.service.enrollment",
+    "TokenGrant": "certwright.service.enrollment",
+    "TokenProblem": "certwright.service.enrollment",
+}
 
 __all__ = [
     "BatchOutcome",
@@ -36,3 +54,14 @@ __all__ = [
     "TokenGrant",
     "TokenProblem",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use (PEP 562): the batch CLI records into SQLite with
+    # :mod:`~certwright.service.batches` without importing SQLAlchemy.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -24,6 +24,7 @@ from certwright.batch import BatchItem, BatchRequest, Checked, start_signing
 from certwright.clock import Clock, SystemClock
 from certwright.errors import CertwrightError
 from certwright.issuance import Authority, Issued, VerifiedCSR
+from certwright.service.batches import BatchOutcome, batch_shared_fields, record_chunks
 from certwright.store import (
     AuditKind,
     CertificateFilter,
@@ -45,7 +46,7 @@ from certwright.store.bulk import (
     append_events,
     encoders_for,
 )
-from certwright.store.records import certificate_fields, issued_own_fields, shared_fields
+from certwright.store.records import certificate_fields, issuance_details, issued_own_fields
 from certwright.x509.authz import DEFAULT_OID, Authorization
 from certwright.x509.identity import SpiffeId
 from certwright.x509.keys import PublicKey
@@ -142,7 +143,7 @@ class CertificateService:
         ]
         events = [
             EventSpec(
-                AuditKind.ISSUED, self.actor, now, format(c.serial_number, "x"), _details(r, profile)
+                AuditKind.ISSUED, self.actor, now, format(c.serial_number, "x"), issuance_details(r, profile)
             )
             for c, (r, _) in zip(certificates, rows, strict=True)
         ]
@@ -192,36 +193,12 @@ class CertificateService:
         from parsing the certificates. Refusals without ``keep_going`` raise
         :class:`BatchRefusedError`, and nothing is recorded.
         """
-        authority = self._authority()
-        signed: list[str] = []
-        failures: list[tuple[str, str]] = []
+        shared = batch_shared_fields(self._authority(), request, self.actor, self.clock.now())
         with self.store.write() as session:
-            recorder = _BatchRecorder(
-                session,
-                shared=shared_fields(
-                    issuer=authority.certificate.subject.rfc4514_string(),
-                    issuer_key_id=authority.key_identifier,
-                    profile=request.profile.name,
-                    requested_by=self.actor,
-                    created_at=self.clock.now(),
-                ),
+            # A refusal raises out of the transaction: it rolls back, nothing is kept.
+            return record_chunks(
+                chunks, _BatchRecorder(session, shared=shared), keep_going=keep_going, progress=progress
             )
-            for chunk in chunks:
-                issued: list[Issued] = []
-                for item in chunk:
-                    if item.error is not None:
-                        failures.append((item.name, item.error))
-                    else:
-                        signed.append(item.name)
-                        issued.append(item.record)
-                if keep_going or not failures:  # else it is all rolled back: spare the work
-                    recorder.add(issued)
-                if progress is not None:
-                    progress(len(chunk))
-            if failures and not keep_going:
-                raise BatchRefusedError(sorted(failures), len(signed) + len(failures))  # rolls back
-            recorder.close()
-        return BatchOutcome(signed, sorted(failures))
 
     def import_certificates(self, certificates: Iterable[x509.Certificate]) -> ImportReport:
         """Bring existing certificates into the inventory (one transaction; duplicates skipped)."""
@@ -269,28 +246,9 @@ class CertificateService:
             actor=self.actor,
             at=now,
             subject=format(certificate.serial_number, "x"),
-            details=_details(record, profile),
+            details=issuance_details(record, profile),
         )
         return record
-
-
-@dataclass(frozen=True)
-class BatchOutcome:
-    """Names of the requests signed (and recorded), and (name, reason) of those refused."""
-
-    signed: list[str]
-    failures: list[tuple[str, str]]
-
-
-class BatchRefusedError(CertwrightError):
-    """Some requests of an all-or-nothing batch were refused: nothing was recorded."""
-
-    def __init__(self, failures: list[tuple[str, str]], total: int) -> None:
-        super().__init__(
-            f"{len(failures)} of {total} requests refused; nothing written "
-            "(use --keep-going to write the others)"
-        )
-        self.failures = failures
 
 
 class _BatchRecorder:
@@ -314,28 +272,13 @@ class _BatchRecorder:
         for issued in certificates:
             fields, names = issued_own_fields(issued)
             rows.append(EncodedRow(self._encode(fields), fields["fingerprint_sha256"], names))
-            details = _details({**shared, **fields}, shared["profile"])
+            details = issuance_details({**shared, **fields}, shared["profile"])
             events.append(EventSpec(AuditKind.ISSUED, actor, at, format(issued.serial, "x"), details))
         add_certificates(self._session, rows)
         self._chain.append(events)
 
     def close(self) -> None:
         self._chain.close()
-
-
-def _details(row: CertificateRecord | dict[str, Any], profile: str | None) -> dict[str, Any]:
-    """What an issuance event says: enough to recognise the certificate without the inventory."""
-    get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
-    not_after = get("not_after")
-    assert isinstance(not_after, datetime.datetime)
-    return {
-        "issuer": get("issuer"),
-        "subject": get("subject"),
-        "identity": get("identity"),
-        "profile": profile,
-        "not_after": not_after.isoformat(),
-        "fingerprint_sha256": bytes(get("fingerprint_sha256") or b"").hex(),
-    }
 
 
 def ca_key_id(ca_certificate: x509.Certificate) -> bytes:

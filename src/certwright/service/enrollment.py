@@ -52,11 +52,10 @@ from cryptography.hazmat.primitives import hashes
 from certwright.clock import Clock, SystemClock
 from certwright.errors import CertwrightError, InvalidCSRError, InvalidInputError, PolicyViolation
 from certwright.issuance import Authority, Issued, verify_csr
-from certwright.service.certificates import _details
 from certwright.store import AuditKind, CertificateStatus, Store
 from certwright.store.bulk import EventSpec, InTransaction, add_certificate_row, append_events
 from certwright.store.models import EnrollmentToken
-from certwright.store.records import issued_fields
+from certwright.store.records import issuance_details, issued_fields
 from certwright.store.tokens import (
     HeldCertificate,
     RedeemedToken,
@@ -498,7 +497,7 @@ class EnrollmentService:
             actor,
             at,
             format(issued.serial, "x"),
-            {**_details(fields, profile), **extra},
+            {**issuance_details(fields, profile), **extra},
         )
         append_event(session, event)
         return issued.certificate

@@ -26,17 +26,14 @@ anchor it; ``verify_chain(expected_head=...)`` then checks the log still contain
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii as _encode_ascii  # C, what json.dumps uses
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from certwright.errors import InvalidInputError
+from certwright.store.chain import canonical_json, event_hash, utc
 from certwright.store.models import GENESIS_HASH, AuditEvent, AuditHead, AuditKind
 
 
@@ -57,71 +54,6 @@ class AuditReport:
         if self.ok:
             return f"audit log intact: {self.events} events, head at {self.head_seq}"
         return f"audit log broken at event {self.first_bad_seq}: {self.problem}"
-
-
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys, no whitespace, ASCII only; NaN and non-JSON types refused."""
-    try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"audit details must be plain JSON values: {exc}") from exc
-
-
-def utc(at: datetime.datetime) -> datetime.datetime:
-    """``at`` in UTC; a naive datetime is refused (``astimezone`` would take it as local time)."""
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise InvalidInputError(f"naive datetime {at!r}: audit times are timezone-aware UTC")
-    return at.astimezone(datetime.UTC)
-
-
-def canonical_time(at: datetime.datetime) -> str:
-    return utc(at).isoformat(timespec="microseconds")
-
-
-def event_hash(
-    *,
-    seq: int,
-    at: datetime.datetime,
-    kind: str,
-    actor: str,
-    subject: str | None,
-    details: str,
-    prev_hash: str,
-) -> str:
-    """SHA-256 (hex) of the canonical encoding of one event (see the module doc).
-
-    The object is written out key by key in sorted order rather than through
-    ``canonical_json(dict)``: batches hash 10^4 events in a row, and this is 5x cheaper.
-    The tests hold it equal to the ``json.dumps(sort_keys=True, ...)`` form for any input.
-    """
-    if type(seq) is not int:  # bool and floats would serialise differently
-        raise InvalidInputError(f"audit sequence number must be an int, not {type(seq).__name__}")
-    encoded = "".join(
-        (
-            '{"actor":',
-            _json_string(actor),
-            ',"at":',
-            _json_string(canonical_time(at)),
-            ',"details":',
-            _json_string(details),
-            ',"kind":',
-            _json_string(kind),
-            ',"prev_hash":',
-            _json_string(prev_hash),
-            ',"seq":',
-            str(seq),
-            ',"subject":',
-            "null" if subject is None else _json_string(subject),
-            "}",
-        )
-    )
-    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
-
-
-def _json_string(value: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidInputError(f"audit field must be text, not {type(value).__name__}")
-    return _encode_ascii(value)
 
 
 def append_event(

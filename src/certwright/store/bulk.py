@@ -28,7 +28,7 @@ from sqlalchemy import exc
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from certwright.store.audit import canonical_json, event_hash, utc
+from certwright.store.chain import canonical_json, event_hash, utc
 from certwright.store.errors import DuplicateCertificateError
 from certwright.store.models import (
     AuditEvent,

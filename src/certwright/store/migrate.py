@@ -22,15 +22,14 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
+# The head revision is a constant beside the schema's other SQLAlchemy-free values.
+from certwright.store.values import HEAD_REVISION as HEAD_REVISION
+
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
     from certwright.store.session import Store
-
-# The newest packaged revision, written down so that opening an up-to-date inventory does
-# not import Alembic (~0.1 s of every CLI command); a test holds it equal to Alembic's head.
-HEAD_REVISION = "0003"
 
 SCRIPT_LOCATION = "certwright.store:migrations"
 # Alembic's ``context`` and ``op`` are module-level proxies: two threads of one process

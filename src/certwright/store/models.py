@@ -25,6 +25,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from certwright.store.types import SerialNumber, UTCDateTime, exact_text
+from certwright.store.values import GENESIS_HASH as GENESIS_HASH  # re-exported: the schema's vocabulary
+from certwright.store.values import AuditKind as AuditKind
+from certwright.store.values import CertificateStatus as CertificateStatus
+from certwright.store.values import NameKind as NameKind
 from certwright.x509.revocation_reason import RevocationReason
 
 # Stable constraint and index names: Alembic's autogenerate and SQLite's batch mode (which
@@ -36,44 +40,12 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-GENESIS_HASH = "0" * 64  # prev_hash of the first audit event
 IDENTITY_LENGTH = 2048  # SPIFFE IDs are at most 2048 bytes (SPIFFE-ID 2.3)
 NAME_LENGTH = 2048
 
 # SQLite only auto-assigns "INTEGER PRIMARY KEY"; PostgreSQL wants 64 bits for a table that
 # may reach millions of rows over the CA's life.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-
-class CertificateStatus(enum.Enum):
-    """What the CA decided about a certificate. Expiry is derived from ``not_after``."""
-
-    GOOD = "good"
-    REVOKED = "revoked"
-    ON_HOLD = "on_hold"  # revoked with reason certificateHold: the only state that can be undone
-
-
-class NameKind(enum.Enum):
-    """The subjectAltName kinds certwright issues and searches (RFC 5280 4.2.1.6)."""
-
-    DNS = "dns"
-    IP = "ip"
-    URI = "uri"
-    EMAIL = "email"
-
-
-class AuditKind(enum.Enum):
-    """What an audit event records. New kinds need no migration (no CHECK constraint)."""
-
-    ISSUED = "issued"
-    REVOKED = "revoked"
-    UNREVOKED = "unrevoked"
-    CRL = "crl"
-    KEY = "key"
-    IMPORT = "import"
-    OCSP_SIGNER = "ocsp_signer"
-    TOKEN = "token"  # noqa: S105  (enrolment token events, not a secret)
-    CA = "ca"
 
 
 def _values(kind: type[enum.Enum]) -> list[str]:
@@ -170,8 +142,7 @@ class CertificateRecord(Base):
         ),
         # RFC 5280 5.3.1: only certificateHold can be undone; keep the status and reason in step.
         sa.CheckConstraint(
-            "(status = 'on_hold') = (revocation_reason = 'certificateHold')"
-            " OR revocation_reason IS NULL",
+            "(status = 'on_hold') = (revocation_reason = 'certificateHold') OR revocation_reason IS NULL",
             name="hold_reason",
         ),
     )
@@ -187,9 +158,7 @@ class CertificateRecord(Base):
         """``status``, ``revoked_at`` and ``revocation_reason`` as the CLI's JSON shows them."""
         return {
             "status": self.status.value,
-            "revoked_at": None
-            if self.revoked_at is None
-            else self.revoked_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "revoked_at": None if self.revoked_at is None else self.revoked_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "revocation_reason": None if self.revocation_reason is None else self.revocation_reason.value,
         }
 
@@ -286,9 +255,7 @@ class EnrollmentToken(Base):
     used_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime())
     used_by: Mapped[str | None] = mapped_column(sa.String(256))
     # The certificate the redemption issued (same transaction as used_at).
-    certificate_id: Mapped[int | None] = mapped_column(
-        sa.ForeignKey("certificates.id", ondelete="SET NULL")
-    )
+    certificate_id: Mapped[int | None] = mapped_column(sa.ForeignKey("certificates.id", ondelete="SET NULL"))
 
     __table_args__ = (
         sa.CheckConstraint("(used_at IS NULL) = (used_by IS NULL)", name="use_recorded"),

@@ -1,5 +1,6 @@
 """From an ``x509.Certificate`` to the row the inventory keeps, and search-name normalising.
 
+No SQLAlchemy here (:mod:`~certwright.store.sqlite_batch` builds its rows with it too).
 Everything is derived from the certificate itself (plus the CA's authorization-extension
 OID), never from the request that produced it: an imported certificate and an issued one
 are indexed the same way, and the row cannot claim what the DER does not say.
@@ -9,18 +10,21 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from certwright.errors import InvalidCertificateError, InvalidInputError, InvalidKeyError, InvalidNameError
 from certwright.issuance import Issued
-from certwright.store.models import CertificateName, CertificateRecord, CertificateStatus, NameKind
-from certwright.store.types import serial_to_bytes
+from certwright.store.values import CertificateStatus, NameKind, serial_to_bytes
 from certwright.x509.authz import DEFAULT_OID, Authorization
 from certwright.x509.keys import key_type_of
 from certwright.x509.names import SubjectAltNames, normalize_dns, normalize_email, normalize_uri, parse_ip
+
+if TYPE_CHECKING:
+    from certwright.store.models import CertificateRecord
 
 
 def public_key_id(key: x509.Certificate | bytes) -> bytes:
@@ -72,6 +76,9 @@ def record_from_certificate(
     issuer_key_id: bytes | None = None,
 ) -> CertificateRecord:
     """A new, status-good :class:`CertificateRecord` (not yet added to a session)."""
+    # Imported here: the rest of this module builds plain rows, without SQLAlchemy.
+    from certwright.store.models import CertificateName, CertificateRecord
+
     fields, names = certificate_fields(
         certificate,
         profile=profile,
@@ -304,3 +311,21 @@ def parse_san_query(spec: str) -> tuple[NameKind, str]:
     if not sep:
         raise InvalidNameError(f"SAN {spec!r}: expected dns:NAME, ip:ADDRESS, uri:URI or email:ADDRESS")
     return search_name(kind, value)
+
+
+def issuance_details(row: CertificateRecord | Mapping[str, Any], profile: str | None) -> dict[str, Any]:
+    """What an issuance event says: enough to recognise the certificate without the inventory.
+
+    ``row`` is a stored record or the plain fields of a new row (:func:`issued_fields_of`).
+    """
+    get = row.get if isinstance(row, Mapping) else lambda key: getattr(row, key)
+    not_after = get("not_after")
+    assert isinstance(not_after, datetime.datetime)
+    return {
+        "issuer": get("issuer"),
+        "subject": get("subject"),
+        "identity": get("identity"),
+        "profile": profile,
+        "not_after": not_after.isoformat(),
+        "fingerprint_sha256": bytes(get("fingerprint_sha256") or b"").hex(),
+    }

@@ -44,7 +44,8 @@ from certwright.store.models import (
     NameKind,
 )
 from certwright.store.records import record_from_certificate
-from certwright.store.types import UTCDateTime, serial_to_bytes
+from certwright.store.types import UTCDateTime
+from certwright.store.values import serial_to_bytes
 from certwright.x509.authz import DEFAULT_OID
 from certwright.x509.revocation_reason import RevocationReason
 

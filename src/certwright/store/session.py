@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import os
 import re
 import sqlite3
@@ -51,9 +50,9 @@ from sqlalchemy.orm import Session
 
 from certwright.store.errors import SchemaOutOfDateError, StoreError, WriterBusy
 from certwright.store.migrate import current_revision, head_revision, is_known_revision, upgrade_engine
+from certwright.store.writer_lock import WRITER_LOCK_SUFFIX, FileLock
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-WRITER_LOCK_SUFFIX = "-writer.lock"  # beside a SQLite file: the writers' turn between processes
 _PRIVATE = "engine:"
 _BEGIN_OPTION = "certwright_sqlite_begin"
 _PG_DRIVERS = {"postgresql", "postgres", "postgresql+psycopg"}
@@ -286,44 +285,6 @@ def _close_all(connections: Iterable[sa.Connection]) -> None:
             connection.close()
 
 
-class _FileLock:
-    """An exclusive ``flock`` on ``path``, taken by polling with a deadline.
-
-    The descriptor is this process's own (a forked child opens its own, see
-    :func:`_forget_queues`): ``flock`` belongs to the open file, so a descriptor inherited
-    across ``fork`` would share the parent's lock instead of competing for it.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self, *, timeout: float) -> bool:
-        if self.fd is None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + timeout
-        delay = 0.00002
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    return False
-            time.sleep(delay)
-            delay = min(delay * 2, 0.0002)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-
-    def forget(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
-
-
 class _WriterQueue:
     """A re-entrant lock whose waiters get it in arrival order, with a timeout.
 
@@ -333,7 +294,7 @@ class _WriterQueue:
     write of the same thread meets SQLite's busy timeout as before, not a deadlock.
     """
 
-    def __init__(self, file_lock: _FileLock | None = None) -> None:
+    def __init__(self, file_lock: FileLock | None = None) -> None:
         self._mutex = threading.Lock()
         self._owner: int | None = None
         self._depth = 0
@@ -393,7 +354,7 @@ def _writer_queue(key: str) -> _WriterQueue:
             queue = _QUEUES.get(key)
             if queue is None:
                 shared = not key.startswith(_PRIVATE)
-                queue = _QUEUES[key] = _WriterQueue(_FileLock(key + WRITER_LOCK_SUFFIX) if shared else None)
+                queue = _QUEUES[key] = _WriterQueue(FileLock(key + WRITER_LOCK_SUFFIX) if shared else None)
     return queue
 
 

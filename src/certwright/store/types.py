@@ -30,10 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-from certwright.errors import InvalidInputError
-
-SERIAL_OCTETS = 20
-MAX_SERIAL = 2 ** (8 * SERIAL_OCTETS) - 1
+from certwright.store.values import SERIAL_OCTETS, serial_to_bytes
 
 
 class UTCDateTime(sa.TypeDecorator[datetime.datetime]):
@@ -60,16 +57,6 @@ class UTCDateTime(sa.TypeDecorator[datetime.datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=datetime.UTC)
         return value.astimezone(datetime.UTC)
-
-
-def serial_to_bytes(serial: int) -> bytes:
-    """The stored form of a serial: 20 octets, big-endian, unsigned."""
-    if not 0 <= serial <= MAX_SERIAL:
-        raise InvalidInputError(
-            f"serial number {serial:#x} cannot be stored: it must be positive and at most "
-            f"{SERIAL_OCTETS} octets (RFC 5280 4.1.2.2)"
-        )
-    return serial.to_bytes(SERIAL_OCTETS, "big")
 
 
 class SerialNumber(sa.TypeDecorator[int]):
