@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _encode_ascii  # C, what json.dumps uses
 from typing import Any
 
@@ -80,3 +81,27 @@ def _json_string(value: str) -> str:
     if not isinstance(value, str):
         raise InvalidInputError(f"audit field must be text, not {type(value).__name__}")
     return _encode_ascii(value)
+
+
+def chained_hasher(
+    *, at: datetime.datetime, kind: str, actor: str
+) -> Callable[[int, str | None, str, str], str]:
+    """:func:`event_hash` for events that share ``at``, ``kind`` and ``actor`` (a batch's).
+
+    Returns ``hash(seq, subject, details, prev_hash)``; the shared fields are encoded once
+    (~10 us of the ~20 us an event costs). The tests hold it equal to :func:`event_hash`.
+    """
+    head = f'{{"actor":{_json_string(actor)},"at":{_json_string(canonical_time(at))},"details":'
+    middle = f',"kind":{_json_string(kind)},"prev_hash":'
+    sha256 = hashlib.sha256
+
+    def digest(seq: int, subject: str | None, details: str, prev_hash: str) -> str:
+        if type(seq) is not int:  # bool and floats would serialise differently
+            raise InvalidInputError(f"audit sequence number must be an int, not {type(seq).__name__}")
+        tail = "null" if subject is None else _json_string(subject)
+        encoded = (
+            f'{head}{_json_string(details)}{middle}{_json_string(prev_hash)},"seq":{seq},"subject":{tail}}}'
+        )
+        return sha256(encoded.encode("utf-8")).hexdigest()
+
+    return digest

@@ -34,13 +34,14 @@ import json
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
+from json.encoder import encode_basestring_ascii as _json_text  # C, what json.dumps uses
 from types import TracebackType
 from typing import Any
 
 from certwright.issuance import Issued
-from certwright.store.chain import canonical_json, event_hash, utc
+from certwright.store.chain import chained_hasher, utc
 from certwright.store.errors import DuplicateCertificateError, StoreError, WriterBusy
-from certwright.store.records import issuance_details, issued_own_fields
+from certwright.store.records import issued_own_fields
 from certwright.store.values import HEAD_REVISION, AuditKind, serial_to_bytes
 from certwright.store.writer_lock import WRITER_LOCK_SUFFIX, FileLock
 
@@ -83,6 +84,14 @@ INSERT_EVENT = (
 LOCK_HEAD = "SELECT audit_head.seq, audit_head.hash \nFROM audit_head \nWHERE audit_head.id = ?"
 MOVE_HEAD = "UPDATE audit_head SET seq=?, hash=? WHERE audit_head.id = ?"
 
+_SERIAL, _ROLES, _ATTRIBUTES, _NOT_BEFORE, _NOT_AFTER = (
+    CERTIFICATE_COLUMNS.index(c) for c in ("serial", "roles", "attributes", "not_before", "not_after")
+)
+# Own columns stored as they are (text and bytes).
+_PLAIN = tuple(
+    (CERTIFICATE_COLUMNS.index(c), c)
+    for c in ("subject", "identity", "key_type", "fingerprint_sha256", "public_key_id", "der")
+)
 # The columns each certificate has of its own (the rest a batch shares, encoded once).
 _OWN = frozenset(
     (
@@ -145,11 +154,17 @@ class SQLiteBatch:
         if unknown or _OWN & set(shared) or set(shared) | _OWN != set(CERTIFICATE_COLUMNS):
             raise ValueError(f"shared columns {sorted(shared)} do not complete a certificate row")
         self._template = [None if c in _OWN else stored_value(c, shared[c]) for c in CERTIFICATE_COLUMNS]
-        self._json_memo: dict[Any, str] = {}
+        self._json_memo: dict[tuple[Any, ...], str] = {}
+        self._time_memo: dict[datetime.datetime, str] = {}
+        # By time and zone: equal instants in two zones compare equal but print differently.
+        self._iso_memo: dict[tuple[datetime.datetime, Any], str] = {}
         self._actor: str = shared["requested_by"]
         self._at = stored_time(utc(shared["created_at"]))
-        self._at_value = utc(shared["created_at"])
         self._kind = AuditKind.ISSUED.value
+        self._digest = chained_hasher(at=shared["created_at"], kind=self._kind, actor=self._actor)
+        self._issuer_json = _json_text(shared["issuer"])
+        profile = shared["profile"]
+        self._profile_json = "null" if profile is None else _json_text(profile)
         ((self._seq, self._head),) = self._rows(LOCK_HEAD, (1,))
         ((top,),) = self._rows("SELECT max(id) FROM certificates", ())
         self._next_id = int(top or 0) + 1
@@ -169,7 +184,8 @@ class SQLiteBatch:
         """
         if not os.path.isfile(path):
             return None
-        lock = FileLock(path + WRITER_LOCK_SUFFIX)
+        # The Store's key for the file (store/session.py): a symlinked path takes the same turn.
+        lock = FileLock(os.path.realpath(path) + WRITER_LOCK_SUFFIX)
         try:
             if not lock.acquire(timeout=wait):
                 raise WriterBusy(
@@ -209,25 +225,16 @@ class SQLiteBatch:
         names: list[tuple[int, str, str]] = []
         events: list[tuple[Any, ...]] = []
         ident, seq, previous = self._next_id, self._seq, self._head
-        shared, at, at_value, actor, kind = self._shared, self._at, self._at_value, self._actor, self._kind
+        at, actor, kind, digest = self._at, self._actor, self._kind, self._digest
         for issued in certificates:
             fields, own_names = issued_own_fields(issued)
             rows.append(self._row(ident, fields))
             names.extend((ident, name_kind.value, value) for name_kind, value in own_names)
             seq += 1
             subject = format(issued.serial, "x")
-            details = canonical_json(issuance_details({**shared, **fields}, shared["profile"]))
-            digest = event_hash(
-                seq=seq,
-                at=at_value,
-                kind=kind,
-                actor=actor,
-                subject=subject,
-                details=details,
-                prev_hash=previous,
-            )
-            events.append((seq, at, kind, actor, subject, details, previous, digest))
-            previous = digest
+            details = self._details(fields)
+            previous_hash, previous = previous, digest(seq, subject, details, previous)
+            events.append((seq, at, kind, actor, subject, details, previous_hash, previous))
             ident += 1
         try:
             self._connection.executemany(INSERT_CERTIFICATE, rows)
@@ -250,24 +257,45 @@ class SQLiteBatch:
             self._moved = False
 
     def _row(self, ident: int, fields: Mapping[str, Any]) -> tuple[Any, ...]:
+        # Column by column, not through stored_value: a batch repeats its times (one
+        # validity per second), roles and attributes, so those are looked up once encoded.
         values = self._template.copy()
-        memo = self._json_memo
-        for position, column in enumerate(CERTIFICATE_COLUMNS):
-            if column not in _OWN:
-                continue
-            value = fields[column]
-            if column == "roles":
-                key: Any = ("roles", *value)
-            elif column == "attributes":
-                key = ("attributes", *value.items())  # insertion order matters to JSON text
-            else:
-                values[position] = stored_value(column, value)
-                continue
-            encoded = memo.get(key)
-            if encoded is None:
-                encoded = memo[key] = json.dumps(value)
-            values[position] = encoded
+        values[_SERIAL] = serial_to_bytes(fields["serial"])
+        for position, column in _PLAIN:
+            values[position] = fields[column]
+        # Keys name their column: no roles and no attributes are both empty, "[]" and "{}".
+        values[_ROLES] = self._json(fields["roles"], ("roles", *fields["roles"]))
+        values[_ATTRIBUTES] = self._json(fields["attributes"], ("attributes", *fields["attributes"].items()))
+        values[_NOT_BEFORE] = self._time(fields["not_before"])
+        values[_NOT_AFTER] = self._time(fields["not_after"])
         return (ident, *values)
+
+    def _json(self, value: Any, key: tuple[Any, ...]) -> str:
+        encoded = self._json_memo.get(key)
+        if encoded is None:
+            encoded = self._json_memo[key] = json.dumps(value)
+        return encoded
+
+    def _time(self, at: datetime.datetime) -> str:
+        encoded = self._time_memo.get(at)
+        if encoded is None:
+            encoded = self._time_memo[at] = stored_time(at)  # type: ignore[assignment]
+        return encoded  # type: ignore[return-value]
+
+    def _details(self, fields: Mapping[str, Any]) -> str:
+        """``canonical_json(issuance_details(row))``, written out (the tests hold them equal)."""
+        identity = fields["identity"]
+        not_after = fields["not_after"]
+        key = (not_after, not_after.tzinfo)
+        iso = self._iso_memo.get(key)
+        if iso is None:
+            iso = self._iso_memo[key] = _json_text(not_after.isoformat())
+        return (
+            f'{{"fingerprint_sha256":"{fields["fingerprint_sha256"].hex()}",'
+            f'"identity":{"null" if identity is None else _json_text(identity)},'
+            f'"issuer":{self._issuer_json},"not_after":{iso},"profile":{self._profile_json},'
+            f'"subject":{_json_text(fields["subject"])}}}'
+        )
 
     def _rows(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         try:
@@ -289,20 +317,23 @@ class SQLiteBatch:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
+        connection = self._connection
         try:
             if kind is None:
                 try:
-                    self._connection.execute("COMMIT")
+                    connection.execute("COMMIT")
                 except sqlite3.Error as failure:
                     raise StoreError(f"inventory database {self.path}: {_reason(failure)}") from failure
-            else:
-                self._connection.execute("ROLLBACK")
         finally:
-            if self._connection.in_transaction:  # a failed COMMIT leaves it open
-                self._connection.execute("ROLLBACK")
-            self._connection.close()
-            self._lock.release()
-            self._lock.forget()
+            try:
+                # SQLite may have rolled back by itself (a full disk, an I/O error): then
+                # there is nothing left to roll back, and the first error stands.
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+            finally:
+                connection.close()
+                self._lock.release()
+                self._lock.forget()
 
 
 def _ready(connection: sqlite3.Connection) -> bool:
