@@ -32,9 +32,10 @@ from cryptography.hazmat.primitives import serialization
 import certwright.batch
 from certwright.store.sqlite_batch import SQLiteBatch
 from certwright.store.values import HEAD_REVISION
-from certwright.store.writer_lock import WRITER_LOCK_SUFFIX, FileLock
+from certwright.store.writer_lock import WRITER_LOCK_SUFFIX
 from support.certs import write_csr, write_tampered_csr
 from support.cli import PASSPHRASE, PASSPHRASE_ENV, TRUST_DOMAIN, ZONE, Outcome, run_cli, tree
+from support.locks import lock_is_free
 from support.postgres import postgres_database
 
 COUNT = 10
@@ -162,14 +163,6 @@ def assert_recorded(ca: Path, out: Path, names: tuple[str, ...], *, before: int 
     assert report["events"] == report["head"] == before + len(names)
 
 
-def lock_is_free(path: Path) -> bool:
-    lock = FileLock(f"{path}{WRITER_LOCK_SUFFIX}")
-    try:
-        taken = lock.acquire(timeout=0)
-        lock.release()
-        return taken
-    finally:
-        lock.forget()
 
 
 # --- the direct path -----------------------------------------------------------------------------

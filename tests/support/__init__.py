@@ -13,6 +13,8 @@ only; everything a test module imports lives here:
 ``support.certs``
     CSRs and certificates built with cryptography directly, around certwright: good and
     tampered CSRs, a leaf outside a CA's name constraints.
+``support.locks``
+    Whether the writers' lock file of a SQLite inventory is free.
 ``support.interop``
     The PKI (one per key type) that the interop tests hand to external programs.
 """

@@ -6,8 +6,9 @@ the write fails, the caller gets the error, never an unrecorded certificate.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from certwright.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from certwright.service.batches import BatchOutcome, BatchRefusedError
@@ -56,12 +57,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # Imported on first use (PEP 562): the batch CLI records into SQLite with
-    # :mod:`~certwright.service.batches` without importing SQLAlchemy.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+# Imported on first use: see certwright.lazy.
+__getattr__ = lazy_attributes(__name__, _LAZY)

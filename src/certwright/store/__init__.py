@@ -11,8 +11,9 @@ package. The layer below the service layer: it never signs and never reads confi
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from certwright.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from certwright.store.audit import AuditReport, append_event, audit_head, verify_chain
@@ -160,12 +161,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # Imported on first use (PEP 562): a batch writing SQLite directly
-    # (:mod:`~certwright.store.sqlite_batch`) imports parts of this package without SQLAlchemy.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+# Imported on first use: see certwright.lazy.
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -43,13 +43,14 @@ from certwright.store import (
 )
 from certwright.store.sqlite_batch import SQLiteBatch
 from certwright.store.values import HEAD_REVISION
-from certwright.store.writer_lock import WRITER_LOCK_SUFFIX, FileLock
+from certwright.store.writer_lock import WRITER_LOCK_SUFFIX
 from certwright.x509.authz import Authorization
 from certwright.x509.identity import SpiffeId
 from certwright.x509.keys import KeyType, generate_key
 from certwright.x509.names import SubjectAltNames
 from certwright.x509.profiles import BUILTIN_PROFILES, CASettings
 from support.certs import write_csr
+from support.locks import lock_is_free
 
 MTLS = BUILTIN_PROFILES["mtls"]
 REQUEST = BatchRequest(profile=MTLS)
@@ -186,14 +187,6 @@ def full_dump(path: Path) -> list[str]:
         return list(connection.iterdump())
 
 
-def lock_is_free(path: Path) -> bool:
-    lock = FileLock(f"{path}{WRITER_LOCK_SUFFIX}")
-    try:
-        taken = lock.acquire(timeout=0)
-        lock.release()
-        return taken
-    finally:
-        lock.forget()
 
 
 @contextlib.contextmanager
