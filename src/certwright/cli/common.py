@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -135,3 +136,19 @@ def actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
         return f"cli:uid-{os.getuid()}"
+
+
+def configure_logging(level: str = "info") -> None:
+    """Plain lines on stderr for the ``certwright`` loggers of a long-running command.
+
+    ``serve`` (own certificates renewed, tokens purged, workers restarted) and ``tunnel``
+    (decisions, reloads). Without a handler Python would print their warnings bare and drop
+    the rest. ``level`` is a logging level name (uvicorn's ``trace`` counts as debug).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("certwright")
+    root.handlers[:] = [handler]
+    number = logging.getLevelName("DEBUG" if level.lower() == "trace" else level.upper())
+    root.setLevel(number if isinstance(number, int) else logging.INFO)
+    root.propagate = False

@@ -13,7 +13,13 @@ from cryptography import x509
 
 from certwright.cadir import CADirectory
 from certwright.cli.ca_cmds import create_inventory
-from certwright.cli.common import PASSPHRASE_ENV, Refused, passphrase_option, read_passphrase
+from certwright.cli.common import (
+    PASSPHRASE_ENV,
+    Refused,
+    configure_logging,
+    passphrase_option,
+    read_passphrase,
+)
 from certwright.cli.inventory import Inventory
 from certwright.cli.responder import load_responder
 from certwright.server.bootstrap import (
@@ -95,6 +101,7 @@ def serve(
         "workers": workers,
     }
     config = load_config(directory, config_file=config_file, env=os.environ, flags=flags)
+    configure_logging(config.log_level)
     first = not is_initialised(config)
     passphrase = _passphrase(passphrase_file, first=first)
     # Bound before the data directory is made: the HTTP port goes into the CA's URLs.

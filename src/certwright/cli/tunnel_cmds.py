@@ -7,15 +7,13 @@ and runs it until SIGTERM/SIGINT. Decisions are logged on stderr, one line each.
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from certwright.cli.common import CertwrightGroup
+from certwright.cli.common import CertwrightGroup, configure_logging
 from certwright.mtls.context import TLSFiles
 from certwright.mtls.crl import CrlSource
 from certwright.mtls.peer import PeerVerifier
@@ -127,7 +125,7 @@ def tunnel_server(
     A peer passes when it matches one --allow pattern or --allow-role role; with
     --policy, the policy must allow it for --service too. Nobody is allowed by default.
     """
-    _configure_logging()
+    configure_logging()
     listen_at, target_at = Address.parse(listen), Address.parse(target)
     access = TunnelAccess.create(
         allow=allow,
@@ -174,7 +172,7 @@ def tunnel_client(
     CNs are not trusted for this), and with --crl must not be revoked; otherwise the
     connection is refused.
     """
-    _configure_logging()
+    configure_logging()
     revocation = CrlSource(crl, issuers=[cert, bundle]) if crl else None
     try:
         client = TunnelClient(
@@ -189,13 +187,3 @@ def tunnel_client(
     finally:
         if revocation is not None:
             revocation.close()
-
-
-def _configure_logging() -> None:
-    """Plain lines on stderr for the ``certwright`` loggers (tunnel decisions, reloads)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("certwright")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False

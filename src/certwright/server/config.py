@@ -126,6 +126,8 @@ class ServerConfig:
     crl_validity: datetime.timedelta = datetime.timedelta(days=1)
     token_ttl: datetime.timedelta = datetime.timedelta(minutes=15)
     max_token_ttl: datetime.timedelta = datetime.timedelta(days=7)
+    # Tokens never redeemed are deleted this long after they expired (hourly, by the server).
+    token_retention: datetime.timedelta = datetime.timedelta(days=7)
     renew_check: datetime.timedelta = datetime.timedelta(hours=1)  # how often a running server looks
     shutdown_timeout: float = 30.0
     workers: int = 0  # processes serving both listeners; 0: one per CPU this process may use
@@ -143,6 +145,8 @@ class ServerConfig:
             raise ConfigError("ocsp_refresh_before must be positive and shorter than ocsp_validity")
         if self.shutdown_timeout < 0:
             raise ConfigError("shutdown_timeout must not be negative")
+        if self.token_retention < datetime.timedelta(0):
+            raise ConfigError("token_retention must not be negative")
         if not 0 < self.request_timeout <= 3600:
             raise ConfigError("request_timeout must be more than 0 and at most 3600 seconds")
         if self.max_connections < 1:
@@ -270,6 +274,7 @@ _SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "crl_validity": ("crl_validity", _duration),
     "token_ttl": ("token_ttl", _duration),
     "max_token_ttl": ("max_token_ttl", _duration),
+    "token_retention": ("token_retention", _duration),
     "renew_check": ("renew_check", _duration),
     "shutdown_timeout": ("shutdown_timeout", _float),
     "workers": ("workers", lambda v: _workers(v)),
@@ -359,6 +364,7 @@ def template(config: ServerConfig) -> str:
         f"# crl_validity = {json.dumps(format_duration(c.crl_validity))}",
         f"# token_ttl = {json.dumps(format_duration(c.token_ttl))}",
         f"# max_token_ttl = {json.dumps(format_duration(c.max_token_ttl))}",
+        f"# token_retention = {json.dumps(format_duration(c.token_retention))}  # unused, past expiry",
         f"# server_dns = {json.dumps(list(c.server_dns))}     # SANs of the server's own TLS certificate",
         f"# server_ips = {json.dumps(list(c.server_ips))}",
         f"# renew_check = {json.dumps(format_duration(c.renew_check))}  # own certificates checked",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gc
 import logging
 import signal
@@ -343,6 +344,9 @@ def run(
 async def _maintain(prepared: Prepared, state: ServerState, clock: Clock, *, renew_own: bool) -> None:
     """Keep the server's own certificates fresh while it runs (renewed at two thirds).
 
+    The process that renews them also deletes expired enrolment tokens never redeemed,
+    ``token_retention`` after their expiry.
+
     The server certificate's files are rewritten and the TLS context loads them for new
     handshakes by itself; the OCSP responder is handed its new pair (:meth:`OCSPResponder.rotate`).
     Worker processes also publish their OCSP cache counters to the shared metrics here.
@@ -363,9 +367,24 @@ async def _maintain(prepared: Prepared, state: ServerState, clock: Clock, *, ren
                 continue
             if issued:
                 _log.info("issued anew: %s", ", ".join(issued))
+            if renew_own:  # one process of the server is enough
+                await _purge_tokens(state, prepared.config.token_retention)
     finally:
         if publisher is not None:
             publisher.cancel()
+
+
+async def _purge_tokens(state: ServerState, retention: datetime.timedelta) -> None:
+    """Delete tokens never redeemed once ``retention`` has passed since they expired."""
+    try:
+        purged = await asyncio.to_thread(
+            state.enrollment.purge_expired_tokens, older_than=retention, actor=ACTOR
+        )
+    except Exception:  # a database hiccup must not stop the server: try again next time
+        _log.exception("cannot purge expired enrolment tokens; trying again later")
+        return
+    if purged:
+        _log.info("purged %d enrolment tokens that expired more than %s ago", purged, retention)
 
 
 async def _publish_metrics(state: ServerState) -> None:

@@ -64,6 +64,7 @@ from certwright.store.tokens import (
     insert_token,
     link_certificate,
     lock_held,
+    purge_expired,
     redeem,
     token_state,
 )
@@ -254,6 +255,28 @@ class EnrollmentService:
             }
             append_event(connection, EventSpec(AuditKind.TOKEN, actor, now, f"token:{token_id}", details))
         return CreatedToken(secret=secret, token_id=token_id, grant=grant, expires_at=expires_at)
+
+    def purge_expired_tokens(self, *, older_than: datetime.timedelta, actor: str) -> int:
+        """Delete tokens never redeemed that expired more than ``older_than`` ago; how many.
+
+        Audited (kind TOKEN, one event naming the count and the cut-off) when any went.
+        ``certwright serve`` runs it hourly with ``token_retention``.
+
+        Example::
+
+            >>> service.purge_expired_tokens(older_than=timedelta(days=7), actor="server")  # doctest: +SKIP
+            12
+        """
+        if older_than < datetime.timedelta(0):
+            raise InvalidInputError(f"token retention must not be negative (got {older_than})")
+        now = self.clock.now()
+        cutoff = now - older_than
+        with self.store.write_connection() as connection:
+            purged = purge_expired(connection, expired_before=cutoff)
+            if purged:
+                details = {"purged": purged, "expired_before": cutoff.isoformat()}
+                append_event(connection, EventSpec(AuditKind.TOKEN, actor, now, "tokens", details))
+        return purged
 
     def _checked_grant(self, grant: TokenGrant) -> TokenGrant:
         profile = self.profiles.get(grant.profile)

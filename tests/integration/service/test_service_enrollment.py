@@ -253,6 +253,41 @@ def test_a_service_whose_extension_oid_differs_from_the_cas_is_refused(
         EnrollmentService(store=store, authority=authority, profiles={}, extension_oid="1.2.3.4", clock=clock)
 
 
+def test_purge_expired_tokens_deletes_dead_unused_tokens_and_audits_the_count(
+    enrollment: EnrollmentService, store: Store, clock: FixedClock
+) -> None:
+    stale = enrollment.create_token(grant(), ttl=TTL, actor="admin")
+    redeemed = enrollment.create_token(grant(), ttl=TTL, actor="admin")
+    enrollment.enroll(redeemed.secret, make_csr(uris=(WEB,), dns=(API,)), actor="enrol")
+    clock.advance(TTL + 2 * HOUR)
+    fresh = enrollment.create_token(grant(), ttl=TTL, actor="admin")
+    # Expired 2 h ago: kept by a 3 h retention, gone with 1 h; the redeemed one always stays.
+    assert enrollment.purge_expired_tokens(older_than=3 * HOUR, actor="server") == 0
+    before = len(events(store))
+    assert enrollment.purge_expired_tokens(older_than=HOUR, actor="server") == 1
+    with store.read() as session:
+        left = set(session.scalars(sa.select(EnrollmentToken.token_id)))
+    assert left == {redeemed.token_id, fresh.token_id}
+    assert stale.token_id not in left
+    all_events = events(store)
+    assert len(all_events) == before + 1  # one event for the purge, none for the no-op before it
+    kind, subject, actor, details = all_events[-1]
+    assert (kind, subject, actor) == ("token", "tokens", "server")
+    assert details == {"purged": 1, "expired_before": (clock.now() - HOUR).isoformat()}
+    assert_chain_intact(store)
+    with pytest.raises(TokenError):  # a purged token is as unknown as one never made
+        enrollment.enroll(stale.secret, make_csr(uris=(WEB,)), actor="enrol")
+
+
+def test_purge_expired_tokens_refuses_a_negative_retention(
+    enrollment: EnrollmentService, store: Store
+) -> None:
+    before = state(store)
+    with pytest.raises(InvalidInputError, match="must not be negative"):
+        enrollment.purge_expired_tokens(older_than=-HOUR, actor="server")
+    assert state(store) == before
+
+
 # -- enrolment --------------------------------------------------------------------------
 
 

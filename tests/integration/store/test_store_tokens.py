@@ -26,7 +26,14 @@ from store_helpers import START, Issue, store_cert
 from certwright.store import BySerial, CertificateStatus, Store, head_revision, mark_revoked, upgrade
 from certwright.store.migrate import HEAD_REVISION, alembic_config, scripts_head
 from certwright.store.models import Base, EnrollmentToken
-from certwright.store.tokens import add_token, find_token, get_token, lock_certificate, redeem_token
+from certwright.store.tokens import (
+    add_token,
+    find_token,
+    get_token,
+    lock_certificate,
+    purge_expired,
+    redeem_token,
+)
 from certwright.x509.revocation_reason import RevocationReason
 from support.postgres import PG_ADMIN
 
@@ -314,3 +321,31 @@ def test_a_revocation_waits_for_a_renewal_holding_the_certificate(store: Store, 
     thread.join(60)
     assert not thread.is_alive()
     assert isinstance(outcome["changed"], list) and len(outcome["changed"]) == 1
+
+
+# -- purging ----------------------------------------------------------------------------
+
+
+def test_purge_deletes_only_unredeemed_tokens_expired_before_the_cutoff(store: Store) -> None:
+    hour = datetime.timedelta(hours=1)
+    # old and unused: goes; old but redeemed: stays (who asked for which certificate);
+    # expired after the cutoff, or still live: stay.
+    new_token(store, token_id="old", token_hash=b"\x01" * 32, expires_at=START - 48 * hour)
+    new_token(store, token_id="used", token_hash=SECRET_HASH, expires_at=START - 47 * hour)
+    with store.write() as session:
+        assert redeem_token(session, SECRET_HASH, at=START - 48 * hour, by="enrol") is not None
+    new_token(store, token_id="recent", token_hash=b"\x02" * 32, expires_at=START - hour)
+    new_token(store, token_id="live", token_hash=b"\x03" * 32, expires_at=START + hour)
+    cutoff = START - 24 * hour
+    with store.write() as session:
+        assert purge_expired(session, expired_before=cutoff) == 1
+    with store.read() as session:
+        left = sorted(session.scalars(sa.select(EnrollmentToken.token_id)))
+    assert left == ["live", "recent", "used"]
+    with store.write() as session:  # nothing more to purge: a second run is a no-op
+        assert purge_expired(session, expired_before=cutoff) == 0
+    with store.write() as session:  # a later cutoff takes the next one; the expiry instant is exclusive
+        assert purge_expired(session, expired_before=START - hour) == 0
+        assert purge_expired(session, expired_before=START) == 1
+    with pytest.raises(ValueError, match="naive"), store.write() as session:
+        purge_expired(session, expired_before=datetime.datetime(2026, 1, 1))

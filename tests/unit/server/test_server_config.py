@@ -63,6 +63,7 @@ def test_an_explicit_config_file_must_exist(tmp_path: Path) -> None:
         ("max_body = 10\n", "max_body"),
         ('ocsp_validity = "soon"\n', "ocsp_validity"),
         ("listen = [", "not valid TOML"),
+        ('token_retention = "-1h"\n', "token_retention"),
     ],
 )
 def test_bad_files_are_refused_with_the_setting_named(tmp_path: Path, text: str, match: str) -> None:
@@ -106,8 +107,10 @@ def test_typed_values(tmp_path: Path) -> None:
             "CERTWRIGHT_DNS_ZONES": "a.example, b.example",
             "CERTWRIGHT_ACCESS_LOG": "off",
             "CERTWRIGHT_CRL_VALIDITY": "12h",
+            "CERTWRIGHT_TOKEN_RETENTION": "30d",
         },
     )
+    assert cfg.token_retention == datetime.timedelta(days=30)
     assert cfg.key_type is KeyType.ED25519
     assert cfg.dns_zones == ("a.example", "b.example")
     assert cfg.access_log is False
