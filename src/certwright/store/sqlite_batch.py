@@ -273,14 +273,16 @@ class SQLiteBatch:
     def _json(self, value: Any, key: tuple[Any, ...]) -> str:
         encoded = self._json_memo.get(key)
         if encoded is None:
-            encoded = self._json_memo[key] = json.dumps(value)
+            encoded = _remember(self._json_memo, key, json.dumps(value))
         return encoded
 
     def _time(self, at: datetime.datetime) -> str:
         encoded = self._time_memo.get(at)
         if encoded is None:
-            encoded = self._time_memo[at] = stored_time(at)  # type: ignore[assignment]
-        return encoded  # type: ignore[return-value]
+            text = stored_time(at)
+            assert text is not None
+            encoded = _remember(self._time_memo, at, text)
+        return encoded
 
     def _details(self, fields: Mapping[str, Any]) -> str:
         """``canonical_json(issuance_details(row))``, written out (the tests hold them equal)."""
@@ -289,7 +291,7 @@ class SQLiteBatch:
         key = (not_after, not_after.tzinfo)
         iso = self._iso_memo.get(key)
         if iso is None:
-            iso = self._iso_memo[key] = _json_text(not_after.isoformat())
+            iso = _remember(self._iso_memo, key, _json_text(not_after.isoformat()))
         return (
             f'{{"fingerprint_sha256":"{fields["fingerprint_sha256"].hex()}",'
             f'"identity":{"null" if identity is None else _json_text(identity)},'
@@ -334,6 +336,16 @@ class SQLiteBatch:
                 connection.close()
                 self._lock.release()
                 self._lock.forget()
+
+
+_MEMO_LIMIT = 4096  # a batch repeats a handful of values; a caller that never repeats stays bounded
+
+
+def _remember(memo: dict[Any, str], key: Any, value: str) -> str:
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 def _ready(connection: sqlite3.Connection) -> bool:
