@@ -30,9 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-from cryptography import x509
+from typing import Any, TypeVar
 
 from certwright.errors import CertwrightError
 from certwright.files import parse_csr
@@ -41,6 +39,8 @@ from certwright.x509.authz import Authorization
 from certwright.x509.identity import SpiffeId
 from certwright.x509.names import SubjectAltNames
 from certwright.x509.profiles import Profile
+
+_T = TypeVar("_T")
 
 CHUNK = 64
 # Below this many requests per extra worker, forking costs more than it saves.
@@ -101,40 +101,24 @@ def check_ahead(directory: Path, names: Sequence[str], *, stop: Callable[[], boo
     for name in names:
         if stop():
             break
-        done[name] = _check(os.path.join(directory, name), name)
+        done[name] = _check_all(directory, [name])[0]
     return done
 
 
-def _check_all(directory: str, names: Sequence[str]) -> list[Checked]:
-    """:func:`_check` for many requests, phase by phase (read all, parse all, verify all)."""
+def _check_all(directory: str | Path, names: Sequence[str]) -> list[Checked]:
+    """Read and verify requests, phase by phase: read all, parse all, verify all."""
     data = [_read(os.path.join(directory, name)) for name in names]
-    parsed: list[x509.CertificateSigningRequest | str] = []
-    for name, item in zip(names, data, strict=True):
-        if isinstance(item, str):
-            parsed.append(item)
-            continue
-        try:
-            parsed.append(parse_csr(item, source=name))
-        except CertwrightError as exc:
-            parsed.append(str(exc))
-    checked: list[Checked] = []
-    for request in parsed:
-        if isinstance(request, str):
-            checked.append(request)
-            continue
-        try:
-            checked.append(verify_csr(request))
-        except CertwrightError as exc:
-            checked.append(str(exc))
-    return checked
+    parsed = [
+        item if isinstance(item, str) else _refused_or(parse_csr, item, source=name)
+        for name, item in zip(names, data, strict=True)
+    ]
+    return [item if isinstance(item, str) else _refused_or(verify_csr, item) for item in parsed]
 
 
-def _check(path: str, name: str) -> Checked:
-    data = _read(path)
-    if isinstance(data, str):
-        return data
+def _refused_or(step: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | str:
+    """``step(...)``, or the reason it refused the request."""
     try:
-        return verify_csr(parse_csr(data, source=name))
+        return step(*args, **kwargs)
     except CertwrightError as exc:
         return str(exc)
 

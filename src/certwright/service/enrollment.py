@@ -355,7 +355,7 @@ class EnrollmentService:
             state = token_state(connection, token_hash)
         if state is None or not state.redeemable(now):
             raise _refusal(state, now)
-        grant = grant_of(state)
+        grant = grant_of(state.grant)
         profile = self._profile(grant.profile, what=f"token {state.token_id}")
         sans = _within_grant(asked, grant, state.token_id)
         issued = self.authority.issue_issued(
@@ -370,7 +370,7 @@ class EnrollmentService:
             token = redeem(connection, token_hash, at=now, by=actor)
             if token is None:
                 raise _refusal(token_state(connection, token_hash), now)
-            if token != state.grant():  # cannot happen: tokens are immutable; never sign blind
+            if token != state.grant:  # cannot happen: tokens are immutable; never sign blind
                 raise TokenError(
                     f"token {token.token_id} changed while it was redeemed", token_id=token.token_id
                 )
@@ -552,7 +552,7 @@ def append_event(session: InTransaction, event: EventSpec) -> None:
     append_events(session, [event])
 
 
-def grant_of(token: EnrollmentToken | RedeemedToken | TokenState) -> TokenGrant:
+def grant_of(token: EnrollmentToken | RedeemedToken) -> TokenGrant:
     """The grant a stored token carries."""
     return TokenGrant(
         identity=SpiffeId.parse(token.identity),

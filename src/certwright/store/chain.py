@@ -53,27 +53,23 @@ def event_hash(
     ``canonical_json(dict)``: batches hash 10^4 events in a row, and this is 5x cheaper.
     The tests hold it equal to the ``json.dumps(sort_keys=True, ...)`` form for any input.
     """
+    return _digest(_head(actor, at), _middle(kind), seq, subject, details, prev_hash)
+
+
+def _head(actor: str, at: datetime.datetime) -> str:
+    # The canonical object's keys in sorted order: actor, at, details, kind, prev_hash, seq, subject.
+    return f'{{"actor":{_json_string(actor)},"at":{_json_string(canonical_time(at))},"details":'
+
+
+def _middle(kind: str) -> str:
+    return f',"kind":{_json_string(kind)},"prev_hash":'
+
+
+def _digest(head: str, middle: str, seq: int, subject: str | None, details: str, prev_hash: str) -> str:
     if type(seq) is not int:  # bool and floats would serialise differently
         raise InvalidInputError(f"audit sequence number must be an int, not {type(seq).__name__}")
-    encoded = "".join(
-        (
-            '{"actor":',
-            _json_string(actor),
-            ',"at":',
-            _json_string(canonical_time(at)),
-            ',"details":',
-            _json_string(details),
-            ',"kind":',
-            _json_string(kind),
-            ',"prev_hash":',
-            _json_string(prev_hash),
-            ',"seq":',
-            str(seq),
-            ',"subject":',
-            "null" if subject is None else _json_string(subject),
-            "}",
-        )
-    )
+    tail = "null" if subject is None else _json_string(subject)
+    encoded = f'{head}{_json_string(details)}{middle}{_json_string(prev_hash)},"seq":{seq},"subject":{tail}}}'
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
@@ -89,19 +85,11 @@ def chained_hasher(
     """:func:`event_hash` for events that share ``at``, ``kind`` and ``actor`` (a batch's).
 
     Returns ``hash(seq, subject, details, prev_hash)``; the shared fields are encoded once
-    (~10 us of the ~20 us an event costs). The tests hold it equal to :func:`event_hash`.
+    (~10 us of the ~20 us an event costs).
     """
-    head = f'{{"actor":{_json_string(actor)},"at":{_json_string(canonical_time(at))},"details":'
-    middle = f',"kind":{_json_string(kind)},"prev_hash":'
-    sha256 = hashlib.sha256
+    head, middle = _head(actor, at), _middle(kind)
 
     def digest(seq: int, subject: str | None, details: str, prev_hash: str) -> str:
-        if type(seq) is not int:  # bool and floats would serialise differently
-            raise InvalidInputError(f"audit sequence number must be an int, not {type(seq).__name__}")
-        tail = "null" if subject is None else _json_string(subject)
-        encoded = (
-            f'{head}{_json_string(details)}{middle}{_json_string(prev_hash)},"seq":{seq},"subject":{tail}}}'
-        )
-        return sha256(encoded.encode("utf-8")).hexdigest()
+        return _digest(head, middle, seq, subject, details, prev_hash)
 
     return digest

@@ -198,30 +198,22 @@ _LOCK_HELD = Prepared(_HELD_QUERY.with_for_update(), columns=_HELD_COLUMNS)
 
 
 class TokenState(NamedTuple):
-    """A token as stored: whether it may still be redeemed (if not, why), and its grant."""
+    """A token as stored: its grant, and whether it may still be redeemed (if not, why)."""
 
-    id: int
-    token_id: str
-    identity: str
-    profile: str
-    dns: list[str]
-    ips: list[str]
-    roles: list[str]
-    attributes: dict[str, str]
-    lifetime_seconds: int | None
+    grant: RedeemedToken  # the grant's columns, as :func:`redeem` returns them
     used_at: datetime.datetime | None
     used_by: str | None
     expires_at: datetime.datetime
 
+    @property
+    def token_id(self) -> str:
+        return self.grant.token_id
+
     def redeemable(self, now: datetime.datetime) -> bool:
         return self.used_at is None and now < self.expires_at
 
-    def grant(self) -> RedeemedToken:
-        """The grant's columns, as :func:`redeem` returns them."""
-        return RedeemedToken._make(getattr(self, name) for name in RedeemedToken._fields)
 
-
-_STATE_COLUMNS = [_TOKENS.c[name] for name in TokenState._fields]
+_STATE_COLUMNS = [*_REDEEMED_COLUMNS, _TOKENS.c.used_at, _TOKENS.c.used_by, _TOKENS.c.expires_at]
 _TOKEN_STATE = Prepared(
     sa.select(*_STATE_COLUMNS).where(
         _TOKENS.c.token_hash == sa.bindparam("secret_hash", type_=_TOKENS.c.token_hash.type)
@@ -307,7 +299,10 @@ def token_state(session: InTransaction, token_hash: bytes) -> TokenState | None:
     redeemed. Tokens never change but for their redemption, so what a read says it grants
     is what :func:`redeem` later returns."""
     rows = _TOKEN_STATE.rows(session, {"secret_hash": token_hash})
-    return TokenState._make(rows[0]) if rows else None
+    if not rows:
+        return None
+    grant_end = len(_REDEEMED_COLUMNS)
+    return TokenState(RedeemedToken._make(rows[0][:grant_end]), *rows[0][grant_end:])
 
 
 def certificate_status(session: InTransaction, serial: int, issuer_key_id: bytes) -> CertificateStatus | None:
@@ -369,7 +364,8 @@ def purge_expired(session: InTransaction, *, expired_before: datetime.datetime) 
     if expired_before.tzinfo is None:
         raise ValueError(f"naive datetime {expired_before!r}: give a timezone-aware UTC time")
     result = session.execute(_PURGE, {"cutoff": expired_before})
-    return int(getattr(result, "rowcount", 0) or 0)
+    assert isinstance(result, sa.CursorResult)  # a DELETE's result counts its rows
+    return result.rowcount
 
 
 _PURGE = sa.delete(_TOKENS).where(
