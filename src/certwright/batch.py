@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any, TypeVar
 
 from certwright.errors import CertwrightError
 from certwright.files import parse_csr
+from certwright.forkmap import ForkMap
 from certwright.issuance import Authority, Issued, VerifiedCSR, verify_csr
 from certwright.x509.authz import Authorization
 from certwright.x509.identity import SpiffeId
@@ -182,17 +182,17 @@ class SigningRun:
     def __init__(self, job: _Job, chunks: list[list[str]], jobs: int) -> None:
         self._job = job
         self._chunks = chunks
-        self._pool: Any = None
+        self._workers: ForkMap[list[tuple[str | None, Any]]] | None = None
         self._verdicts: Iterable[list[tuple[str | None, Any]]]
         if jobs == 1 or len(chunks) <= 1:
             self._verdicts = map(job.run, chunks)  # in this process, as the caller iterates
             return
-        # "fork": the workers inherit the opened authority (see the module docstring).
-        # certwright targets Linux, where fork is the default; the caller's threads (the
-        # CLI's key-opening one) have finished by now.
-        context = multiprocessing.get_context("fork")
-        self._pool = context.Pool(jobs, initializer=_init_worker, initargs=(job,))
-        self._verdicts = self._pool.imap(_run_chunk, chunks, chunksize=1)
+        # Forked: the workers inherit the opened authority (see the module docstring). The
+        # caller's threads (the CLI's key-opening one) have finished by now.
+        self._workers = ForkMap(
+            lambda number: job.run(chunks[number]), count=len(chunks), jobs=jobs, setup=_init_worker
+        )
+        self._verdicts = self._workers
 
     def __iter__(self) -> Iterator[list[BatchItem]]:
         for chunk, verdicts in zip(self._chunks, self._verdicts, strict=True):
@@ -200,10 +200,9 @@ class SigningRun:
 
     def close(self) -> None:
         """Stop the workers (at once: whatever they staged is the caller's to throw away)."""
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     def __enter__(self) -> SigningRun:
         return self
@@ -292,13 +291,7 @@ def _items(names: list[str], verdicts: list[tuple[str | None, Any]]) -> list[Bat
     return [BatchItem(name, error, record) for name, (error, record) in zip(names, verdicts, strict=True)]
 
 
-# Per-worker state, set once by the pool initializer in each forked worker process.
-_worker: _Job | None = None
-
-
-def _init_worker(job: _Job) -> None:
-    global _worker
-    _worker = job
+def _init_worker() -> None:
     # What the worker inherited lives until it exits: the collector need not walk it (nor
     # touch its pages, which fork shares until written).
     gc.freeze()
@@ -306,11 +299,6 @@ def _init_worker(job: _Job) -> None:
     # batch's longest path, so on a busy core it goes first. Measured on 2 cores: the
     # workers otherwise finish ~0.2 s before the parent is done with their results.
     os.nice(WORKER_NICENESS)
-
-
-def _run_chunk(names: list[str]) -> list[tuple[str | None, Any]]:
-    assert _worker is not None, "worker used before its initializer ran"
-    return _worker.run(names)
 
 
 def _sign(authority: Authority, request: BatchRequest, csr: VerifiedCSR) -> Issued:

@@ -45,7 +45,7 @@ from certwright.errors import CADirectoryError, CertwrightError
 from certwright.files import read_certificate, read_private_key, write_file, write_secret
 from certwright.issuance import Authority, create_root
 from certwright.x509.authz import DEFAULT_OID
-from certwright.x509.keys import KeyType, generate_key, private_key_pem
+from certwright.x509.keys import KeyType, SigningKey, generate_key, private_key_pem
 from certwright.x509.profile_file import parse_profiles
 from certwright.x509.profiles import BUILTIN_PROFILES, CASettings, Profile
 
@@ -158,7 +158,15 @@ class CADirectory:
 
     def unlock(self, passphrase: bytes, *, clock: Clock | None = None) -> CADirectory:
         """This CA with its issuing key opened (wrong passphrase: :class:`InvalidKeyError`)."""
-        key = read_private_key(self.path / INTERMEDIATE_KEY, passphrase)
+        return self.with_key(read_private_key(self.key_path, passphrase), clock=clock)
+
+    @property
+    def key_path(self) -> Path:
+        """The issuing key's file (encrypted at rest)."""
+        return self.path / INTERMEDIATE_KEY
+
+    def with_key(self, key: SigningKey, *, clock: Clock | None = None) -> CADirectory:
+        """This CA with ``key``, already opened, as its issuing key (it must match the certificate)."""
         authority = Authority(
             certificate=self.intermediate, key=key, settings=self.settings, chain=(self.root,), clock=clock
         )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from certwright.cli.main import cli as certwright_cli
+from certwright.cli.app import cli as certwright_cli
 from support.env import require
 
 PASSPHRASE = "integration test passphrase"

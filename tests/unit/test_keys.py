@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from pyasn1.codec.der import decoder
 
 from certwright.errors import InvalidKeyError
-from certwright.x509 import keys
+from certwright.x509 import keyfile, keys
 from certwright.x509.keys import KeyType
 from certwright.x509.profiles import BUILTIN_PROFILES
 
@@ -176,7 +176,7 @@ def test_encrypted_pem_is_pbes2_scrypt_aes256_cbc(encrypted_pem):
     assert str(kdf[0]) == "1.3.6.1.4.1.11591.4.11"  # scrypt (RFC 7914 7)
     salt, n, r, p = kdf[1][0], int(kdf[1][1]), int(kdf[1][2]), int(kdf[1][3])
     assert len(bytes(salt)) == 16
-    assert (n, r, p) == (keys.SCRYPT_N, keys.SCRYPT_R, keys.SCRYPT_P)
+    assert (n, r, p) == (keyfile.SCRYPT_N, keyfile.SCRYPT_R, keyfile.SCRYPT_P)
     assert str(cipher[0]) == "2.16.840.1.101.3.4.1.42"  # aes256-CBC
     assert len(bytes(cipher[1])) == 16
 
@@ -318,7 +318,7 @@ def test_openssl_pkcs12_info_reads_our_bundle(tmp_path, openssl, p12_bundle):
 
 
 def test_certwright_format_opens_through_the_gil_free_path_with_the_same_key() -> None:
-    # keys._load_scrypt_pkcs8 decrypts certwright's own format itself (so the scrypt
+    # keyfile.decrypt_pkcs8 decrypts certwright's own format itself (so the scrypt
     # derivation can overlap other work); it must give exactly what cryptography gives.
     from cryptography.hazmat.primitives import serialization as ser
 
@@ -326,12 +326,12 @@ def test_certwright_format_opens_through_the_gil_free_path_with_the_same_key() -
 
     key = keys_module.generate_key(keys_module.KeyType.EC_P256)
     pem = keys_module.private_key_pem(key, b"correct horse")
-    fast = keys_module._load_scrypt_pkcs8(pem, b"correct horse")
+    fast = keyfile.decrypt_pkcs8(pem, b"correct horse")
     slow = ser.load_pem_private_key(pem, b"correct horse")
     assert fast is not None
     assert fast.private_numbers() == slow.private_numbers() == key.private_numbers()  # type: ignore[union-attr]
     with pytest.raises(keys_module.InvalidKeyError, match="wrong passphrase"):
-        keys_module._load_scrypt_pkcs8(pem, b"wrong horse")
+        keyfile.decrypt_pkcs8(pem, b"wrong horse")
     # Not certwright's format: left to cryptography.
     other = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.BestAvailableEncryption(b"pw"))
-    assert keys_module._load_scrypt_pkcs8(other, b"pw") is None
+    assert keyfile.decrypt_pkcs8(other, b"pw") is None

@@ -10,8 +10,10 @@ input, byte for byte.
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
-from cryptography import x509
+if TYPE_CHECKING:  # annotations only: the key-file reader imports this module early
+    from cryptography import x509
 
 SEQUENCE = 0x30
 SET = 0x31
