@@ -19,6 +19,7 @@ import enum
 import functools
 import ipaddress
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -165,6 +166,11 @@ class Profile:
     _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default=(), init=False, compare=False, repr=False
     )
+    # The patterns compiled for the CA settings last checked against (a CA checks thousands
+    # of requests with one settings object): [(settings, _Matchers)], or empty.
+    _compiled: list[tuple[CASettings, _Matchers]] = field(
+        default_factory=list, init=False, compare=False, repr=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         _check_profile(self)
@@ -203,11 +209,34 @@ class Profile:
                 field="basic_constraints",
             )
         self.lifetime_for(request.lifetime)
-        self._check_identity(request, settings)
-        self._check_sans(request.sans, settings)
-        self._check_roles(request.authorization)
+        matchers = self._matchers(settings)
+        self._check_identity(request, settings, matchers)
+        self._check_sans(request.sans, matchers)
+        self._check_roles(request.authorization, matchers)
 
-    def _check_identity(self, request: Request, settings: CASettings) -> None:
+    def _matchers(self, settings: CASettings) -> _Matchers:
+        compiled = self._compiled
+        if compiled:
+            last = compiled[0]  # one read: another thread may replace it meanwhile
+            if last[0] is settings:
+                return last[1]
+        identity_patterns = _expand(self.identity_patterns, settings)
+        matchers = _Matchers(
+            identity_patterns=identity_patterns,
+            identity=tuple(Glob.compile(p, sep="/") for p in identity_patterns),
+            dns=tuple(
+                Glob.compile(p, sep=".", case_sensitive=False) for p in _expand(self.dns_patterns, settings)
+            ),
+            # '@' as the separator: '*' spans a dotted local part or domain, never both.
+            email=tuple(
+                Glob.compile(p, sep="@", case_sensitive=False) for p in _expand(self.email_patterns, settings)
+            ),
+            roles=tuple(Glob.compile(p, sep="/") for p in self.role_patterns),
+        )
+        compiled[:] = [(settings, matchers)]
+        return matchers
+
+    def _check_identity(self, request: Request, settings: CASettings, matchers: _Matchers) -> None:
         identity = request.identity
         extra_uris = [u for u in request.sans.uris if identity is None or u != str(identity)]
         if extra_uris:
@@ -236,18 +265,16 @@ class Profile:
                 f"identity {identity} names the trust domain, not a workload: add a path",
                 field="identity",
             )
-        patterns = _expand(self.identity_patterns, settings)
-        if not any(Glob.compile(p, sep="/").matches(str(identity)) for p in patterns):
+        text = str(identity)
+        if not any(g.matches(text) for g in matchers.identity):
             raise PolicyViolation(
                 f"identity {identity} does not match profile {self.name!r} "
-                f"(allowed: {', '.join(patterns) or 'none'})",
+                f"(allowed: {', '.join(matchers.identity_patterns) or 'none'})",
                 field="identity",
             )
 
-    def _check_sans(self, sans: SubjectAltNames, settings: CASettings) -> None:
-        dns_globs = [
-            Glob.compile(p, sep=".", case_sensitive=False) for p in _expand(self.dns_patterns, settings)
-        ]
+    def _check_sans(self, sans: SubjectAltNames, matchers: _Matchers) -> None:
+        dns_globs = matchers.dns
         for name in sans.dns:
             if name.startswith("*.") and not self.allow_wildcard_dns:
                 raise PolicyViolation(
@@ -267,12 +294,8 @@ class Profile:
                     f"{', '.join(self.ip_ranges) or 'no IP addresses'})",
                     field="ip",
                 )
-        # '@' as the separator: '*' spans a dotted local part or domain, never both.
-        email_globs = [
-            Glob.compile(p, sep="@", case_sensitive=False) for p in _expand(self.email_patterns, settings)
-        ]
         for email in sans.emails:
-            if not any(g.matches(email) for g in email_globs):
+            if not any(g.matches(email) for g in matchers.email):
                 raise PolicyViolation(
                     f"email address {email} is not allowed by profile {self.name!r}",
                     field="email",
@@ -281,13 +304,22 @@ class Profile:
     def _ip_allowed(self, ip: IPAddress) -> bool:
         return any(ip.version == net.version and ip in net for net in self._networks)
 
-    def _check_roles(self, authorization: Authorization) -> None:
-        globs = [Glob.compile(p, sep="/") for p in self.role_patterns]
+    def _check_roles(self, authorization: Authorization, matchers: _Matchers) -> None:
         for role in authorization.roles:
-            if not any(g.matches(role) for g in globs):
+            if not any(g.matches(role) for g in matchers.roles):
                 raise PolicyViolation(f"role {role!r} is not allowed by profile {self.name!r}", field="role")
         if self.ca and authorization:
             raise PolicyViolation("CA certificates carry no roles or attributes", field="role")
+
+
+class _Matchers(NamedTuple):
+    """A profile's patterns for one CA's settings, expanded and compiled."""
+
+    identity_patterns: tuple[str, ...]
+    identity: tuple[Glob, ...]
+    dns: tuple[Glob, ...]
+    email: tuple[Glob, ...]
+    roles: tuple[Glob, ...]
 
 
 @functools.lru_cache(maxsize=1024)
