@@ -144,6 +144,11 @@ class _Query:
     nonce: bytes | None
 
 
+def _key_of(query: _Query) -> tuple[int, str]:
+    """The cache key of a query's response (RFC 6960 4.2.1: its CertID names the hash)."""
+    return query.serial, query.algorithm.name
+
+
 class OCSPResponder:
     """Answers OCSP requests about the certificates of one issuer; see the module docstring.
 
@@ -199,22 +204,10 @@ class OCSPResponder:
 
     def answer(self, request_der: bytes) -> OCSPAnswer:
         """Like :meth:`respond`, with the response's times and cacheability for the HTTP edge."""
-        query = self._parse(request_der)
-        if isinstance(query, OCSPAnswer):
-            self._unsuccessful += 1
-            return query
-        now = self._clock.now()
-        if not self._not_before <= now < self._not_after:
-            # The responder certificate has expired (or is not valid yet): every response it
-            # signed would be refused. Transient until it is rotated (responder_needs_rotation).
-            self._unsuccessful += 1
-            return TRY_LATER
-        key = (query.serial, query.algorithm.name)
-        if query.nonce is None:
-            cached = self._cache.get(key)
-            if cached is not None and now < cached[0]:
-                self._from_cache += 1
-                return cached[1]
+        settled = self._settle(request_der)
+        if isinstance(settled, OCSPAnswer):
+            return settled
+        query, now = settled
         epoch = self._epoch
         try:
             status = self._source.lookup(query.serial)
@@ -225,8 +218,37 @@ class OCSPResponder:
             return TRY_LATER
         answer = self._sign(query, status, now)
         if query.nonce is None and status is not None:
-            self._store(key, answer, epoch)
+            self._store(_key_of(query), answer, epoch)
         return answer
+
+    def cached_answer(self, request_der: bytes) -> OCSPAnswer | None:
+        """:meth:`answer`, when it needs neither the status source nor a signature; else None.
+
+        For an event loop, which must not wait for the inventory: a malformed or
+        unauthorized request, or a cached response still fresh, is answered here; None
+        means the caller should run :meth:`answer` where blocking is allowed.
+        """
+        settled = self._settle(request_der)
+        return settled if isinstance(settled, OCSPAnswer) else None
+
+    def _settle(self, request_der: bytes) -> OCSPAnswer | tuple[_Query, datetime.datetime]:
+        """The answer if it is already known (refusals, the cache), else the query and the time."""
+        query = self._parse(request_der)
+        if isinstance(query, OCSPAnswer):
+            self._unsuccessful += 1
+            return query
+        now = self._clock.now()
+        if not self._not_before <= now < self._not_after:
+            # The responder certificate has expired (or is not valid yet): every response it
+            # signed would be refused. Transient until it is rotated (responder_needs_rotation).
+            self._unsuccessful += 1
+            return TRY_LATER
+        if query.nonce is None:
+            cached = self._cache.get(_key_of(query))
+            if cached is not None and now < cached[0]:
+                self._from_cache += 1
+                return cached[1]
+        return query, now
 
     def rotate(self, responder: x509.Certificate, responder_key: SigningKey) -> None:
         """Sign with a new delegated responder certificate and key from now on.

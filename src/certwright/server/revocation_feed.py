@@ -86,13 +86,17 @@ class RevocationFeed:
     def interval(self) -> float:
         return self._interval
 
+    def is_fresh(self) -> bool:
+        """Whether the last poll is recent enough that :meth:`refresh` would not poll (no lock)."""
+        return self._monotonic() - self._polled_at < self._interval
+
     def refresh(self, *, force: bool = False) -> int:
         """Poll the inventory if due (or ``force``); return :attr:`generation`.
 
         Raises :class:`FeedStaleError` when the last poll is older than ``interval`` and
         no poll succeeds now.
         """
-        if not force and self._monotonic() - self._polled_at < self._interval:
+        if not force and self.is_fresh():
             return self._generation  # fresh enough: the hot path takes no lock
         with self._lock:
             now = self._monotonic()

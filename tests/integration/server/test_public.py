@@ -261,6 +261,36 @@ def test_ocsp_post_says_good_revoked_and_unknown(state: ServerState, client: htt
         assert f'certwright_ocsp_responses_total{{status="{status}"}}' in metrics
 
 
+def test_cached_ocsp_answers_skip_the_worker_thread(
+    state: ServerState, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cached answer comes from the event loop; only a miss (lookup and signature) hops
+    # to a worker thread.
+    import certwright.server.public as public
+
+    hops: list[str] = []
+    original = public.run_in_threadpool
+
+    async def counting(func: Any, *args: Any) -> Any:
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await original(func, *args)
+
+    monkeypatch.setattr(public, "run_in_threadpool", counting)
+    leaf = issue_leaf(state, "ocsp-inline")
+    issuer = state.ca.intermediate
+    assert status_of(client, leaf, issuer) is ocsp.OCSPCertStatus.GOOD
+    assert hops == ["_answer"]
+    for _ in range(3):
+        assert status_of(client, leaf, issuer) is ocsp.OCSPCertStatus.GOOD
+    get = client.get("/ocsp/" + base64.b64encode(ocsp_request(leaf, issuer)).decode())
+    assert ocsp.load_der_ocsp_response(get.content).certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert hops == ["_answer"]  # the cache answered the rest, POST and GET
+    revoke(state, leaf)
+    state.ocsp.invalidate(leaf.serial_number)  # as POST /v1/revoke does: the next answer is looked up
+    assert status_of(client, leaf, issuer) is ocsp.OCSPCertStatus.REVOKED
+    assert hops == ["_answer", "_answer"]
+
+
 def _b64_with_plus_and_slash(state: ServerState) -> tuple[x509.Certificate, str]:
     """A leaf whose SHA-1 request's base64 holds '+' and '/' (so the encodings differ)."""
     for n in range(200):

@@ -23,7 +23,7 @@ from certwright.clock import FixedClock
 from certwright.errors import InvalidCertificateError, InvalidInputError, InvalidKeyError
 from certwright.issuance import Authority
 from certwright.revocation.entries import CertificateStatus
-from certwright.revocation.ocsp import MAX_REQUEST_SIZE, OCSPResponder, StatusSource
+from certwright.revocation.ocsp import MALFORMED, MAX_REQUEST_SIZE, OCSPResponder, StatusSource
 from certwright.revocation.responder import issue_responder
 from certwright.x509 import der
 from certwright.x509.keys import KeyType, SigningKey, generate_key
@@ -283,6 +283,26 @@ def test_cache_hit_is_the_same_bytes_without_a_signature(pki, responder, source)
     for _ in range(5):
         assert responder.respond(request(pki.good, pki.issuer)) == first
     assert (responder.stats.signed, source.lookups, responder.stats.from_cache) == (1, 1, 5)
+
+
+def test_cached_answer_gives_only_what_needs_no_lookup_and_no_signature(pki, responder, source, clock):
+    # What the HTTP edge answers in its event loop; None sends the request to answer().
+    good = request(pki.good, pki.issuer)
+    assert responder.cached_answer(good) is None  # not cached yet: it would need the inventory
+    assert (responder.stats.signed, source.lookups) == (0, 0)
+    first = responder.answer(good)
+    assert responder.cached_answer(good) == first  # the very answer, no lookup, no signature
+    assert (responder.stats.signed, source.lookups) == (1, 1)
+    assert responder.cached_answer(b"garbage") is MALFORMED  # refusals need neither
+    assert responder.cached_answer(request(pki.good, pki.issuer, nonce=b"n" * 16)) is None  # signed fresh
+    assert responder.cached_answer(request(pki.unknown, pki.issuer)) is None  # never cached
+    responder.invalidate(pki.good.serial_number)
+    assert responder.cached_answer(good) is None  # a status change reaches it at once
+    assert responder.cached_answer(good) is None
+    responder.answer(good)
+    assert responder.cached_answer(good) is not None
+    clock.advance(HOUR)  # past the refresh point: to be signed anew
+    assert responder.cached_answer(good) is None
 
 
 def test_cache_refreshes_refresh_before_next_update(pki, source, clock, start):
