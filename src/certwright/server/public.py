@@ -262,7 +262,7 @@ class _Endpoints:
         """The answer, if it can be given in the event loop: from the cache (or a refusal),
         while the revocation feed is fresh. None: it needs the inventory or a signature
         (:meth:`_answer`, in a worker thread). Most answers come from here: the hop to a
-        worker thread and back was ~15-20 % of a cached answer's CPU."""
+        worker thread and back was half of a cached answer's CPU (~0.3 ms of ~0.65 here)."""
         if not self._feed.is_fresh():
             return None  # the feed must poll first (or report that it cannot)
         answer = self._state.ocsp.cached_answer(der)
