@@ -9,7 +9,9 @@ misread command line) falls back to the ordinary path with its ordinary errors.
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,6 +134,24 @@ def test_nothing_starts_for_a_missing_or_plain_key(ca: Path, tmp_path: Path) -> 
     assert not prefetch.start(["sign", "--ca", str(plain)], env)
 
 
+def test_a_passphrase_fifo_is_neither_opened_nor_read_ahead(ca: Path, tmp_path: Path) -> None:
+    # Opening a FIFO blocks until a writer comes (and would release a waiting writer into
+    # a reader that then goes away): the prefetch must not even open it.
+    fifo = tmp_path / "passphrase.fifo"
+    os.mkfifo(fifo)
+    started: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: started.append(
+            prefetch.start(["sign", "--ca", str(ca), "--passphrase-file", str(fifo)], {})
+        ),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "prefetch.start() blocked on a FIFO"
+    assert started == [False]
+
+
 # -- claiming ----------------------------------------------------------------------------
 
 
@@ -225,6 +245,27 @@ def test_a_passphrase_file_overrides_the_environment_ahead_too(
     assert "wrong passphrase" in capsys.readouterr().err
     assert not out.exists()
     assert len(unlock_calls) == 1  # the early attempt failed: the ordinary path said why
+
+
+def test_a_passphrase_from_a_pipe_is_left_whole_for_the_command(
+    ca: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unlock_calls: list[Path]
+) -> None:
+    # --passphrase-file /dev/fd/N (what `<(pass show ca)` gives): a pipe can be read once.
+    # Read ahead, the command would find it empty; the prefetch stays out instead.
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, PASSPHRASE.encode() + b"\n")
+        os.close(write_end)
+        out = tmp_path / "out"
+        args = sign_batch_args(
+            ca, csr_dir(tmp_path), out, "--jobs", "1", "--passphrase-file", f"/dev/fd/{read_end}"
+        )
+        assert run_main(monkeypatch, *args) == 0
+        assert len(list(out.iterdir())) == 3
+        assert len(unlock_calls) == 1  # opened by the command itself, from what it read
+    finally:
+        os.close(read_end)
 
 
 def test_a_misread_command_line_decides_nothing(

@@ -8,6 +8,9 @@ name a CA directory and the passphrase can be had without asking (``--passphrase
 or ``$CERTWRIGHT_CA_PASSPHRASE``), begins decrypting the issuing key in a daemon thread.
 For a batch of 5,000 CSRs that is ~7 % of the run (``benchmarks/bench.py``).
 
+It reads only regular files: a passphrase given as a pipe (``--passphrase-file
+/dev/stdin``, ``<(...)``) or a FIFO is left whole for the command, and nothing starts.
+
 Speculation decides nothing. click parses the command line afterwards as always, and the
 command :func:`claim`\\ s the early key with the key file and passphrase it resolved
 itself: the key is handed over only if the file holds the very bytes that were decrypted
@@ -25,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -156,8 +160,24 @@ def _passphrase(passphrase_file: str | None, environ: Mapping[str, str]) -> byte
 
 
 def _read(path: str) -> bytes | None:
+    """A regular file's bytes (up to 1 MiB), else None.
+
+    Never a pipe, FIFO or device: reading one here would take what the command must read
+    itself (``--passphrase-file /dev/stdin`` or ``<(pass show ca)``), and opening a FIFO
+    could block, or release a writer that then finds no reader. So: ``stat`` first, which
+    opens nothing; then a non-blocking open, checked again on the descriptor.
+    """
     try:
-        with open(path, "rb") as f:
-            return f.read(_MAX_FILE)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError):
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None  # replaced by something else since the stat
+        return os.read(fd, _MAX_FILE)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
