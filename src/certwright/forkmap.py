@@ -6,7 +6,7 @@ taking the next task number from a shared counter (the faster worker takes more)
 the results read by the caller itself, in task order, as it iterates.
 
 Why not ``multiprocessing.Pool``: its three helper threads in the caller (task feeder,
-result reader, worker watcher) cost 0.15-0.2 s of CPU per 5,000 certificates and compete
+result reader, worker watcher) cost 0.13-0.18 s of CPU per 5,000 certificates and compete
 for the GIL with the thread that records the batch, and on two cores that CPU is taken
 from the workers. Here the caller waits on the workers' pipes with ``select`` and does
 nothing else. Linux only (``fork``), like the batch CLI.

@@ -155,19 +155,12 @@ def test_a_passphrase_fifo_is_neither_opened_nor_read_ahead(ca: Path, tmp_path: 
 # -- claiming ----------------------------------------------------------------------------
 
 
-def _public(key: object) -> bytes:
-    public = key.public_key()  # type: ignore[attr-defined]
-    return bytes(
-        public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-
-
 def test_the_key_is_handed_over_once_to_the_same_file_and_passphrase(ca: Path) -> None:
     path = ca / cadir.INTERMEDIATE_KEY
     assert prefetch.start(["sign", "--ca", str(ca)], {PASSPHRASE_ENV: PASSPHRASE})
     early = prefetch.claim(path, PASSPHRASE.encode())
     assert early is not None
-    assert _public(early) == _public(read_private_key(path, PASSPHRASE.encode()))
+    assert early.private_numbers() == read_private_key(path, PASSPHRASE.encode()).private_numbers()  # type: ignore[union-attr]
     assert prefetch.claim(path, PASSPHRASE.encode()) is None  # once
 
 

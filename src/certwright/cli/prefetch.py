@@ -52,18 +52,15 @@ class _Opening:
     def __init__(self, path: str, data: bytes, passphrase: bytes) -> None:
         self.path = path
         self.data = data
-        self.passphrase: bytes | None = passphrase
+        self.passphrase = passphrase
         self.key: object | None = None
         self.thread = threading.Thread(target=self._open, name="certwright-key-prefetch", daemon=True)
 
     def _open(self) -> None:
         from certwright.x509.keyfile import decrypt_pkcs8  # imported already by start()
 
-        passphrase = self.passphrase
-        if passphrase is None:
-            return
         try:
-            self.key = decrypt_pkcs8(self.data, passphrase)
+            self.key = decrypt_pkcs8(self.data, self.passphrase)
         except Exception:  # any failure: the command opens the key itself and says why
             self.key = None
 
@@ -116,7 +113,7 @@ def claim(path: Path, passphrase: bytes) -> SigningKey | None:
     if opening is None:
         return None
     opening.thread.join()
-    used, opening.passphrase = opening.passphrase, None
+    used, opening.passphrase = opening.passphrase, b""
     key, opening.key = opening.key, None
     if key is None or used != passphrase:
         return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import enum
-import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -167,9 +166,9 @@ class Profile:
         default=(), init=False, compare=False, repr=False
     )
     # The patterns compiled for the CA settings last checked against (a CA checks thousands
-    # of requests with one settings object): [(settings, _Matchers)], or empty.
-    _compiled: list[tuple[CASettings, _Matchers]] = field(
-        default_factory=list, init=False, compare=False, repr=False, hash=False
+    # of requests with one settings object), replaced as one attribute.
+    _compiled: tuple[CASettings, _Matchers] | None = field(
+        default=None, init=False, compare=False, repr=False, hash=False
     )
 
     def __post_init__(self) -> None:
@@ -215,15 +214,11 @@ class Profile:
         self._check_roles(request.authorization, matchers)
 
     def _matchers(self, settings: CASettings) -> _Matchers:
-        compiled = self._compiled
-        if compiled:
-            last = compiled[0]  # one read: another thread may replace it meanwhile
-            if last[0] is settings:
-                return last[1]
-        identity_patterns = _expand(self.identity_patterns, settings)
+        compiled = self._compiled  # one read: another thread may replace it meanwhile
+        if compiled is not None and compiled[0] is settings:
+            return compiled[1]
         matchers = _Matchers(
-            identity_patterns=identity_patterns,
-            identity=tuple(Glob.compile(p, sep="/") for p in identity_patterns),
+            identity=tuple(Glob.compile(p, sep="/") for p in _expand(self.identity_patterns, settings)),
             dns=tuple(
                 Glob.compile(p, sep=".", case_sensitive=False) for p in _expand(self.dns_patterns, settings)
             ),
@@ -233,7 +228,7 @@ class Profile:
             ),
             roles=tuple(Glob.compile(p, sep="/") for p in self.role_patterns),
         )
-        compiled[:] = [(settings, matchers)]
+        object.__setattr__(self, "_compiled", (settings, matchers))
         return matchers
 
     def _check_identity(self, request: Request, settings: CASettings, matchers: _Matchers) -> None:
@@ -269,7 +264,7 @@ class Profile:
         if not any(g.matches(text) for g in matchers.identity):
             raise PolicyViolation(
                 f"identity {identity} does not match profile {self.name!r} "
-                f"(allowed: {', '.join(matchers.identity_patterns) or 'none'})",
+                f"(allowed: {', '.join(g.pattern for g in matchers.identity) or 'none'})",
                 field="identity",
             )
 
@@ -315,14 +310,12 @@ class Profile:
 class _Matchers(NamedTuple):
     """A profile's patterns for one CA's settings, expanded and compiled."""
 
-    identity_patterns: tuple[str, ...]
     identity: tuple[Glob, ...]
     dns: tuple[Glob, ...]
     email: tuple[Glob, ...]
     roles: tuple[Glob, ...]
 
 
-@functools.lru_cache(maxsize=1024)
 def _expand(patterns: tuple[str, ...], settings: CASettings) -> tuple[str, ...]:
     out: list[str] = []
     for pattern in patterns:
