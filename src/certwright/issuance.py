@@ -31,8 +31,9 @@ import datetime
 import functools
 import hashlib
 import ipaddress
+import os
 import re
-import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -83,6 +84,9 @@ _OID = {
 _SKI_PREFIX = der.extension(
     _OID[ExtensionOID.SUBJECT_KEY_IDENTIFIER], False, der.tlv(der.OCTET_STRING, bytes(20))
 )[:-20]
+_SAN_OID = _OID[ExtensionOID.SUBJECT_ALTERNATIVE_NAME]
+_NO_SANS = SubjectAltNames()
+_NO_AUTHORIZATION = Authorization()
 
 
 @functools.lru_cache(maxsize=64)  # certificates issued in the same second share it
@@ -93,9 +97,14 @@ def _validity_der(not_before: datetime.datetime, not_after: datetime.datetime) -
 def random_serial() -> int:
     """A positive serial number of :data:`SERIAL_BITS` CSPRNG bits (never zero)."""
     while True:
-        serial = secrets.randbits(SERIAL_BITS)
+        # os.urandom directly (what secrets.randbits reads, without its two Python frames).
+        serial = int.from_bytes(os.urandom(_SERIAL_BYTES), "big") >> _SERIAL_SHIFT
         if serial:
             return serial
+
+
+_SERIAL_BYTES = (SERIAL_BITS + 7) // 8
+_SERIAL_SHIFT = _SERIAL_BYTES * 8 - SERIAL_BITS
 
 
 class _SubjectKey(NamedTuple):
@@ -143,10 +152,35 @@ def _csr_subject_and_key(csr: x509.CertificateSigningRequest) -> tuple[bytes, _S
 
 def _key_id(spki: bytes) -> bytes:
     """RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits (no tag, length, pad octet)."""
+    header = _SPKI_HEADERS.get(len(spki))
+    if header is not None and spki.startswith(header):  # the usual P-256, P-384 or Ed25519 key
+        return hashlib.sha1(spki[len(header) :], usedforsecurity=False).digest()
     _, start, _ = der.read_tlv(spki)
     _, _, alg_end = der.read_tlv(spki, start)
     _, bits_start, bits_end = der.read_tlv(spki, alg_end)
     return hashlib.sha1(spki[bits_start + 1 : bits_end], usedforsecurity=False).digest()
+
+
+def _spki_header(algorithm: bytes, key_size: int) -> bytes:
+    """What precedes the key in an SPKI of ``algorithm`` with a ``key_size``-byte key: the
+    SEQUENCE and BIT STRING headers, the AlgorithmIdentifier and the unused-bits octet."""
+    bits_header = b"\x03" + der.length(1 + key_size) + b"\x00"
+    body_size = len(algorithm) + len(bits_header) + key_size
+    return b"\x30" + der.length(body_size) + algorithm + bits_header
+
+
+def _spki_headers() -> dict[int, bytes]:
+    """SPKI length -> header, for the fixed-size keys (EC points uncompressed): _key_id hashes
+    what follows the header instead of parsing three DER headers for every leaf."""
+    sizes = {KeyType.EC_P256: 65, KeyType.EC_P384: 97, KeyType.ED25519: 32}
+    headers = {}
+    for algorithm, key_type in _SPKI_ALGORITHMS.items():
+        header = _spki_header(algorithm, sizes[key_type])
+        headers[len(header) + sizes[key_type]] = header
+    return headers
+
+
+_SPKI_HEADERS = _spki_headers()
 
 
 def _san_value(sans: SubjectAltNames) -> bytes:
@@ -253,11 +287,11 @@ def _default_label(identity: SpiffeId | None, sans: SubjectAltNames) -> _CsrLabe
 
     RFC 5280 4.1.2.6 / X.520: CN is a UTF8String of at most 64 characters.
     """
-    if identity is not None and identity.segments:
+    if identity is not None and identity.path:
         # Without a DNS SAN, OpenSSL reads a dotted CN as a host name and holds it to the
         # issuer's DNS name constraints (NAME_CONSTRAINTS_check_CN): "api.v2" would make
-        # the chain fail, so the label keeps no dots.
-        label = identity.segments[-1].replace(".", "-")
+        # the chain fail, so the label keeps no dots. (The last segment, as segments[-1].)
+        label = identity.path.rpartition("/")[2].replace(".", "-")
     elif sans.dns:
         label = sans.dns[0]
     else:
@@ -280,6 +314,8 @@ def rfc4514_value(value: str) -> str:
     """
     if not value:
         return ""
+    if _RFC4514_SPECIAL.search(value) is None and value[0] not in "# " and value[-1] != " ":
+        return value  # the usual label: nothing to escape
     for special, escaped in _RFC4514_ESCAPES:
         value = value.replace(special, escaped)
     if value[0] == "#" or (value[0] == " " and len(value) > 1):
@@ -300,6 +336,7 @@ _RFC4514_ESCAPES = (
     (">", "\\>"),
     ("\0", "\\00"),
 )
+_RFC4514_SPECIAL = re.compile("[" + re.escape("".join(c for c, _ in _RFC4514_ESCAPES)) + "]")
 
 
 class _Validity(NamedTuple):
@@ -480,7 +517,8 @@ class Authority:
         self._issuer_start = certificate.not_valid_before_utc
         self._issuer_end = certificate.not_valid_after_utc
         # One-entry memos of the batch path (see _validity_of and _authz_extension).
-        self._last_validity: tuple[tuple[datetime.datetime, datetime.timedelta], _Validity] | None = None
+        # The key: the second, as a POSIX time (SystemClock) or as the clock's datetime.
+        self._last_validity: tuple[tuple[object, datetime.timedelta], _Validity] | None = None
         self._last_authz: tuple[Authorization, bytes] | None = None
 
     @property
@@ -509,8 +547,8 @@ class Authority:
         addresses and email addresses. Raises :class:`PolicyViolation` with the reason
         when the profile does not allow the request.
         """
-        return self.issue_issued(
-            public_key,
+        return self._issue(
+            _subject_key(public_key),
             profile=profile,
             identity=identity,
             sans=sans,
@@ -554,8 +592,10 @@ class Authority:
         subject: x509.Name | str | _CsrLabel | None,
         lifetime: datetime.timedelta | None,
     ) -> Issued:
-        sans = sans or SubjectAltNames()
-        authorization = authorization or Authorization()
+        if sans is None:
+            sans = _NO_SANS
+        if authorization is None:
+            authorization = _NO_AUTHORIZATION
         request = Request(
             key_type=key.key_type,
             identity=identity,
@@ -719,10 +759,19 @@ class Authority:
 
         A batch issues hundreds of certificates a second, all with the same validity.
         """
-        now = self.clock.now().replace(microsecond=0)
         last = self._last_validity
-        if last is not None and last[0] == (now, lifetime):
-            return last[1]
+        second: int | datetime.datetime
+        if type(self.clock) is SystemClock:
+            # What SystemClock.now() says, to the second, without building a datetime
+            # for every certificate of the second (both read the system's real-time clock).
+            second = int(time.time())
+            if last is not None and last[0] == (second, lifetime):
+                return last[1]
+            now = datetime.datetime.fromtimestamp(second, datetime.UTC)
+        else:
+            now = second = self.clock.now().replace(microsecond=0)
+            if last is not None and last[0] == (second, lifetime):
+                return last[1]
         not_before, not_after = self._validity(lifetime, now=now)
         validity = _Validity(
             _validity_der(not_before, not_after),
@@ -730,7 +779,7 @@ class Authority:
             not_before.astimezone(datetime.UTC).replace(microsecond=0),
             not_after.astimezone(datetime.UTC).replace(microsecond=0),
         )
-        self._last_validity = ((now, lifetime), validity)
+        self._last_validity = ((second, lifetime), validity)
         return validity
 
     def _validity(
@@ -769,20 +818,13 @@ class Authority:
         lifetime: datetime.timedelta,
     ) -> Issued:
         template = self._template(profile)
-        key_id = _key_id(key.spki)
         validity = self._validity_of(lifetime)
-        extensions = [template.head]
-        if sans:
-            # RFC 5280 4.2.1.6: with an empty subject the SAN extension MUST be critical.
-            critical = subject == _EMPTY_NAME
-            extensions.append(
-                der.extension(_OID[ExtensionOID.SUBJECT_ALTERNATIVE_NAME], critical, _san_value(sans))
-            )
-        extensions.append(_SKI_PREFIX + key_id)
-        extensions.append(self._aki)
-        extensions.append(template.tail)
-        if authorization:
-            extensions.append(self._authz_extension(authorization))
+        # RFC 5280 4.2.1.6: with an empty subject the SAN extension MUST be critical.
+        san = der.extension(_SAN_OID, subject == _EMPTY_NAME, _san_value(sans)) if sans else b""
+        authz = self._authz_extension(authorization) if authorization else b""
+        extensions = der.sequence(
+            template.head, san, _SKI_PREFIX, _key_id(key.spki), self._aki, template.tail, authz
+        )
         serial = random_serial()
         tbs = der.sequence(
             template.prefix,
@@ -792,7 +834,7 @@ class Authority:
             validity.der,
             subject,
             key.spki,
-            der.tlv(0xA3, der.sequence(*extensions)),
+            der.tlv(0xA3, extensions),
         )
         signature = self._signer.sign(tbs)
         return Issued(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certwright.globs import Glob
+from certwright.globs import Glob, alternation
 
 TD = "spiffe://example.org"
 
@@ -87,3 +87,16 @@ def test_star_matches_exactly_one_segment_and_double_star_one_or_more(prefix, ta
     assert Glob.compile(base + "/*", sep="/").matches(value) is (len(tail) == 1)
     assert Glob.compile(base + "/**", sep="/").matches(value)
     assert not Glob.compile(base + "/**", sep="/").matches(base)
+
+
+def test_alternation_keeps_each_globs_case_rule():
+    web = Glob.compile("spiffe://example.org/Web/*", sep="/")
+    zone = Glob.compile("*.Example.ORG", sep=".", case_sensitive=False)
+    either = alternation((web, zone))
+    assert either is not None
+    assert either.fullmatch("spiffe://example.org/Web/a")
+    assert not either.fullmatch("spiffe://example.org/web/a")  # case-sensitive stays so
+    assert either.fullmatch("API.example.org")
+    assert not either.fullmatch("a.b.example.org")  # '*' within one label
+    assert alternation((web,)) is web.regex
+    assert alternation(()) is None

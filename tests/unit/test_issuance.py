@@ -28,6 +28,7 @@ from certwright.issuance import (
     SERIAL_BITS,
     Authority,
     VerifiedCSR,
+    _key_id,
     _subject_key,
     create_root,
     random_serial,
@@ -353,6 +354,42 @@ def test_ski_is_sha1_of_the_subject_public_key(authority, leaf_keys, leaf_type):
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     assert ski.value.digest != hashlib.sha1(spki).digest()
+
+
+def test_key_id_of_an_unusual_spki_is_read_from_its_der(leaf_keys):
+    # A P-256 key with a compressed point (a valid SPKI a CSR may carry) is not the usual
+    # 91-byte shape the fast path knows: its key id is the SHA-1 of the bits it holds.
+    public_key = leaf_keys(KeyType.EC_P256).public_key()
+    point = public_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+    algorithm = der.sequence(der.oid("1.2.840.10045.2.1"), der.oid("1.2.840.10045.3.1.7"))
+    compressed = der.sequence(algorithm, der.bit_string(point))
+    assert serialization.load_der_public_key(compressed) == public_key
+    assert _key_id(compressed) == hashlib.sha1(point).digest()
+    # Same length as a usual SPKI of some type, another header: not taken for it.
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    usual = public_key.public_bytes(serialization.Encoding.DER, spki)
+    assert _key_id(usual) == hashlib.sha1(usual[26:]).digest()  # the point, after the header
+    forged = b"\x30\x59\x30\x13" + bytes(22) + usual[26:]
+    assert len(forged) == len(usual)
+    assert _key_id(forged) != _key_id(usual)
+
+
+def test_leaves_issued_on_the_system_clock_start_at_the_current_second(authority, leaf_keys):
+    root = create_root(authority.key, subject="CN=System Clock Root", settings=authority.settings)
+    system = Authority(certificate=root, key=authority.key, settings=authority.settings)
+    public_key = leaf_keys(KeyType.EC_P256).public_key()
+    before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    first, second = (_issue_for(system, "mtls", public_key) for _ in range(2))
+    after = datetime.datetime.now(datetime.UTC)
+    for cert in (first, second):
+        start = cert.not_valid_before_utc + system.settings.backdate
+        assert before <= start <= after
+        assert cert.not_valid_after_utc - start == BUILTIN_PROFILES["mtls"].default_lifetime
+    # Switching to a fixed clock is honoured at once (the memo of the second is per clock).
+    moment = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(days=3)
+    system.clock = FixedClock(moment)
+    fixed = _issue_for(system, "mtls", public_key)
+    assert fixed.not_valid_before_utc == moment - system.settings.backdate
 
 
 def test_aki_is_the_issuer_ski(authority, leaf_keys):

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from certwright.access.model import Decision
-from certwright.globs import Glob
+from certwright.globs import Glob, alternation
 
 
 class Effect(enum.Enum):
@@ -67,10 +67,10 @@ class Rule:
     def __post_init__(self) -> None:
         # One alternation per rule rather than one regex per pattern: a cold decision
         # tries every rule, and this halves what each costs.
-        object.__setattr__(self, "_identity_regex", _alternation(self.identities))
-        object.__setattr__(self, "_role_regex", _alternation(self.roles))
+        object.__setattr__(self, "_identity_regex", alternation(self.identities))
+        object.__setattr__(self, "_role_regex", alternation(self.roles))
         # paths=() (only possible when built by hand) matches no path: fail closed.
-        paths = None if self.paths is None else _alternation(self.paths) or re.compile(r"(?!)")
+        paths = None if self.paths is None else alternation(self.paths) or re.compile(r"(?!)")
         object.__setattr__(self, "_path_regex", paths)
         allowed = self.effect is Effect.ALLOW
         verb = "allowed" if allowed else "denied"
@@ -106,11 +106,3 @@ class Rule:
         if path is None:
             return unknown
         return self._path_regex.fullmatch(path) is not None
-
-
-def _alternation(globs: tuple[Glob, ...]) -> re.Pattern[str] | None:
-    if not globs:
-        return None
-    if len(globs) == 1:
-        return globs[0].regex
-    return re.compile("|".join(f"(?:{g.regex.pattern})" for g in globs))

@@ -72,19 +72,47 @@ def generate_key(key_type: KeyType = KeyType.EC_P256) -> SigningKey:
 def key_type_of(key: PublicKey | PrivateKey) -> KeyType:
     """The :class:`KeyType` of a public or private key; refuses what certwright does not use."""
     public = key.public_key() if hasattr(key, "public_key") else key
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        for key_type, curve in _CURVES.items():
-            if public.curve.name == curve.name:
-                return key_type
-        raise InvalidKeyError(f"unsupported elliptic curve {public.curve.name}")
-    if isinstance(public, ed25519.Ed25519PublicKey):
+    family = _FAMILIES.get(type(public))
+    if family is None:
+        family = _FAMILIES[type(public)] = _family(public)
+    if family is _Family.EC:
+        curve = public.curve.name  # type: ignore[union-attr]
+        key_type = _CURVE_TYPES.get(curve)
+        if key_type is None:
+            raise InvalidKeyError(f"unsupported elliptic curve {curve}")
+        return key_type
+    if family is _Family.ED25519:
         return KeyType.ED25519
-    if isinstance(public, rsa.RSAPublicKey):
+    if family is _Family.RSA:
+        size = public.key_size  # type: ignore[union-attr]
         for key_type, bits in _RSA_BITS.items():
-            if public.key_size == bits:
+            if size == bits:
                 return key_type
-        raise InvalidKeyError(f"unsupported RSA key size {public.key_size}")
+        raise InvalidKeyError(f"unsupported RSA key size {size}")
     raise InvalidKeyError(f"unsupported key algorithm {type(public).__name__}")
+
+
+class _Family(enum.Enum):
+    EC = "ec"
+    ED25519 = "ed25519"
+    RSA = "rsa"
+    OTHER = "other"
+
+
+def _family(public: object) -> _Family:
+    # The key classes are ABCs: an isinstance check costs ~1 us, more than the rest of
+    # key_type_of, so the answer is kept per concrete class (a handful of them).
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return _Family.EC
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return _Family.ED25519
+    if isinstance(public, rsa.RSAPublicKey):
+        return _Family.RSA
+    return _Family.OTHER
+
+
+_FAMILIES: dict[type, _Family] = {}
+_CURVE_TYPES = {curve.name: key_type for key_type, curve in _CURVES.items()}
 
 
 def signature_hash(key: PrivateKey | PublicKey) -> hashes.HashAlgorithm | None:

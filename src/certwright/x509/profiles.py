@@ -17,6 +17,8 @@ from __future__ import annotations
 import datetime
 import enum
 import ipaddress
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -24,7 +26,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certwright.errors import InvalidIdentityError, PolicyViolation, ProfileError
-from certwright.globs import Glob
+from certwright.globs import Glob, alternation
 from certwright.x509.authz import DEFAULT_OID, Authorization, validate_oid
 from certwright.x509.identity import SpiffeId, validate_trust_domain
 from certwright.x509.keys import KeyType
@@ -207,7 +209,8 @@ class Profile:
                 f"the request asks for CA:true, which profile {self.name!r} does not issue",
                 field="basic_constraints",
             )
-        self.lifetime_for(request.lifetime)
+        if request.lifetime is not None:
+            self.lifetime_for(request.lifetime)
         matchers = self._matchers(settings)
         self._check_identity(request, settings, matchers)
         self._check_sans(request.sans, matchers)
@@ -218,28 +221,32 @@ class Profile:
         if compiled is not None and compiled[0] is settings:
             return compiled[1]
         matchers = _Matchers(
-            identity=tuple(Glob.compile(p, sep="/") for p in _expand(self.identity_patterns, settings)),
-            dns=tuple(
+            identity=_GlobSet.of(
+                Glob.compile(p, sep="/") for p in _expand(self.identity_patterns, settings)
+            ),
+            dns=_GlobSet.of(
                 Glob.compile(p, sep=".", case_sensitive=False) for p in _expand(self.dns_patterns, settings)
             ),
             # '@' as the separator: '*' spans a dotted local part or domain, never both.
-            email=tuple(
+            email=_GlobSet.of(
                 Glob.compile(p, sep="@", case_sensitive=False) for p in _expand(self.email_patterns, settings)
             ),
-            roles=tuple(Glob.compile(p, sep="/") for p in self.role_patterns),
+            roles=_GlobSet.of(Glob.compile(p, sep="/") for p in self.role_patterns),
         )
         object.__setattr__(self, "_compiled", (settings, matchers))
         return matchers
 
     def _check_identity(self, request: Request, settings: CASettings, matchers: _Matchers) -> None:
         identity = request.identity
-        extra_uris = [u for u in request.sans.uris if identity is None or u != str(identity)]
-        if extra_uris:
-            raise PolicyViolation(
-                f"URI SAN {extra_uris[0]!r} is not allowed: a certificate carries one URI, "
-                "its SPIFFE identity",
-                field="uri",
-            )
+        uris = request.sans.uris
+        if uris:
+            extra_uris = [u for u in uris if identity is None or u != str(identity)]
+            if extra_uris:
+                raise PolicyViolation(
+                    f"URI SAN {extra_uris[0]!r} is not allowed: a certificate carries one URI, "
+                    "its SPIFFE identity",
+                    field="uri",
+                )
         if identity is None:
             if self.identity is IdentityRule.REQUIRED:
                 raise PolicyViolation(
@@ -250,7 +257,7 @@ class Profile:
             return
         if self.identity is IdentityRule.FORBIDDEN:
             raise PolicyViolation(f"profile {self.name!r} does not carry an identity", field="identity")
-        if not identity.member_of(settings.trust_domain):
+        if identity.trust_domain != settings.trust_domain:
             raise PolicyViolation(
                 f"identity {identity} is outside this CA's trust domain {settings.trust_domain}",
                 field="identity",
@@ -260,11 +267,10 @@ class Profile:
                 f"identity {identity} names the trust domain, not a workload: add a path",
                 field="identity",
             )
-        text = str(identity)
-        if not any(g.matches(text) for g in matchers.identity):
+        if not matchers.identity.matches(str(identity)):
             raise PolicyViolation(
                 f"identity {identity} does not match profile {self.name!r} "
-                f"(allowed: {', '.join(g.pattern for g in matchers.identity) or 'none'})",
+                f"(allowed: {', '.join(matchers.identity.patterns) or 'none'})",
                 field="identity",
             )
 
@@ -276,10 +282,10 @@ class Profile:
                     f"wildcard DNS name {name} is not allowed by profile {self.name!r}",
                     field="dns",
                 )
-            if not any(g.matches(name) for g in dns_globs):
+            if not dns_globs.matches(name):
                 raise PolicyViolation(
                     f"DNS name {name} is not allowed by profile {self.name!r} (allowed: "
-                    f"{', '.join(g.pattern for g in dns_globs) or 'no DNS names'})",
+                    f"{', '.join(dns_globs.patterns) or 'no DNS names'})",
                     field="dns",
                 )
         for ip in sans.ips:
@@ -290,7 +296,7 @@ class Profile:
                     field="ip",
                 )
         for email in sans.emails:
-            if not any(g.matches(email) for g in matchers.email):
+            if not matchers.email.matches(email):
                 raise PolicyViolation(
                     f"email address {email} is not allowed by profile {self.name!r}",
                     field="email",
@@ -300,20 +306,36 @@ class Profile:
         return any(ip.version == net.version and ip in net for net in self._networks)
 
     def _check_roles(self, authorization: Authorization, matchers: _Matchers) -> None:
+        role_globs = matchers.roles
         for role in authorization.roles:
-            if not any(g.matches(role) for g in matchers.roles):
+            if not role_globs.matches(role):
                 raise PolicyViolation(f"role {role!r} is not allowed by profile {self.name!r}", field="role")
         if self.ca and authorization:
             raise PolicyViolation("CA certificates carry no roles or attributes", field="role")
 
 
+class _GlobSet(NamedTuple):
+    """Some patterns, and one regex matching what any of them matches (None: none)."""
+
+    patterns: tuple[str, ...]
+    regex: re.Pattern[str] | None
+
+    @classmethod
+    def of(cls, globs: Iterable[Glob]) -> _GlobSet:
+        compiled = tuple(globs)
+        return cls(tuple(g.pattern for g in compiled), alternation(compiled))
+
+    def matches(self, value: str) -> bool:
+        return self.regex is not None and self.regex.fullmatch(value) is not None
+
+
 class _Matchers(NamedTuple):
     """A profile's patterns for one CA's settings, expanded and compiled."""
 
-    identity: tuple[Glob, ...]
-    dns: tuple[Glob, ...]
-    email: tuple[Glob, ...]
-    roles: tuple[Glob, ...]
+    identity: _GlobSet
+    dns: _GlobSet
+    email: _GlobSet
+    roles: _GlobSet
 
 
 def _expand(patterns: tuple[str, ...], settings: CASettings) -> tuple[str, ...]:
