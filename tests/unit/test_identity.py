@@ -163,3 +163,50 @@ def test_any_valid_id_round_trips(trust_domain, segments):
     assert str(sid) == uri
     assert sid.segments == tuple(segments)
     assert sid.trust_domain == trust_domain
+
+
+def _checked(uri: str) -> SpiffeId | str:
+    try:
+        return SpiffeId._parse_checking(uri)
+    except InvalidIdentityError:
+        return "refused"
+
+
+def _parsed(uri: str) -> SpiffeId | str:
+    try:
+        return SpiffeId.parse(uri)
+    except InvalidIdentityError:
+        return "refused"
+
+
+# Text near the edges of the rules: the scheme, '.' and '..' segments, '//', case, '@', ':'.
+_NEAR_IDS = st.builds(
+    lambda prefix, body: prefix + body,
+    st.sampled_from(["spiffe://", "spiffe://", "SPIFFE://", "spiffe:/", ""]),
+    st.text(alphabet="aZ09._-/@:?#%é ", max_size=30),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(uri=_NEAR_IDS)
+def test_the_one_pattern_accepts_exactly_what_the_rules_accept(uri):
+    # parse() tries one regex first; the rule-by-rule checks decide everything else.
+    assert _parsed(uri) == _checked(uri)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "spiffe://" + "a" * 255 + "/x",
+        "spiffe://" + "a" * 256 + "/x",
+        "spiffe://td/" + "x" * (2048 - len("spiffe://td/")),
+        "spiffe://td/" + "x" * (2049 - len("spiffe://td/")),
+        "spiffe://td/..a/.b/c..",
+        "spiffe://td/a/./b",
+        "spiffe://td/a/..",
+        "spiffe://td",
+        "spiffe://td/",
+    ],
+)
+def test_the_one_pattern_at_the_length_limits_and_dot_segments(uri):
+    assert _parsed(uri) == _checked(uri)
