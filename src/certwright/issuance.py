@@ -118,6 +118,9 @@ def _subject_key(public_key: PublicKey) -> _SubjectKey:
     spki = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    usual = _SPKI_HEADERS.get(len(spki))
+    if usual is not None and spki.startswith(usual[0]):  # the header names the key type
+        return _SubjectKey(spki, usual[1])
     return _SubjectKey(spki, key_type_of(public_key))
 
 
@@ -152,9 +155,9 @@ def _csr_subject_and_key(csr: x509.CertificateSigningRequest) -> tuple[bytes, _S
 
 def _key_id(spki: bytes) -> bytes:
     """RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits (no tag, length, pad octet)."""
-    header = _SPKI_HEADERS.get(len(spki))
-    if header is not None and spki.startswith(header):  # the usual P-256, P-384 or Ed25519 key
-        return hashlib.sha1(spki[len(header) :], usedforsecurity=False).digest()
+    usual = _SPKI_HEADERS.get(len(spki))
+    if usual is not None and spki.startswith(usual[0]):  # the usual P-256, P-384 or Ed25519 key
+        return hashlib.sha1(spki[len(usual[0]) :], usedforsecurity=False).digest()
     _, start, _ = der.read_tlv(spki)
     _, _, alg_end = der.read_tlv(spki, start)
     _, bits_start, bits_end = der.read_tlv(spki, alg_end)
@@ -169,14 +172,15 @@ def _spki_header(algorithm: bytes, key_size: int) -> bytes:
     return b"\x30" + der.length(body_size) + algorithm + bits_header
 
 
-def _spki_headers() -> dict[int, bytes]:
-    """SPKI length -> header, for the fixed-size keys (EC points uncompressed): _key_id hashes
-    what follows the header instead of parsing three DER headers for every leaf."""
+def _spki_headers() -> dict[int, tuple[bytes, KeyType]]:
+    """SPKI length -> its header and key type, for the fixed-size keys (EC points
+    uncompressed): _key_id hashes what follows the header instead of parsing three DER
+    headers for every leaf, and _subject_key reads the key type from it."""
     sizes = {KeyType.EC_P256: 65, KeyType.EC_P384: 97, KeyType.ED25519: 32}
     headers = {}
     for algorithm, key_type in _SPKI_ALGORITHMS.items():
         header = _spki_header(algorithm, sizes[key_type])
-        headers[len(header) + sizes[key_type]] = header
+        headers[len(header) + sizes[key_type]] = (header, key_type)
     return headers
 
 
@@ -185,10 +189,14 @@ _SPKI_HEADERS = _spki_headers()
 
 def _san_value(sans: SubjectAltNames) -> bytes:
     # GeneralName tags (RFC 5280 4.2.1.6): [1] rfc822Name, [2] dNSName, [6] URI, [7] iPAddress.
-    parts = [der.tlv(0x86, u.encode("ascii")) for u in sans.uris]
-    parts += [der.tlv(0x82, d.encode("ascii")) for d in sans.dns]
-    parts += [der.tlv(0x87, ip.packed) for ip in sans.ips]
-    parts += [der.tlv(0x81, e.encode("ascii")) for e in sans.emails]
+    tlv = der.tlv
+    parts = [tlv(0x86, u.encode("ascii")) for u in sans.uris]
+    if sans.dns:
+        parts += [tlv(0x82, d.encode("ascii")) for d in sans.dns]
+    if sans.ips:
+        parts += [tlv(0x87, ip.packed) for ip in sans.ips]
+    if sans.emails:
+        parts += [tlv(0x81, e.encode("ascii")) for e in sans.emails]
     return der.sequence(*parts)
 
 
@@ -301,8 +309,24 @@ def _default_label(identity: SpiffeId | None, sans: SubjectAltNames) -> _CsrLabe
 
 def _cn_label(value: str) -> _CsrLabel:
     """A subject of one CN, ``value``, pre-encoded (what ``x509.Name([CN=value])`` encodes)."""
-    encoded = der.tlv(0x0C, value.encode("utf-8"))
-    return _CsrLabel(value, der.sequence(der.tlv(der.SET, der.sequence(_CN_OID, encoded))))
+    encoded = value.encode("utf-8")
+    if len(encoded) < len(_CN_HEADERS):  # the usual short label: its three headers at once
+        return _CsrLabel(value, _CN_HEADERS[len(encoded)] + encoded)
+    utf8 = der.tlv(0x0C, encoded)
+    return _CsrLabel(value, der.sequence(der.tlv(der.SET, der.sequence(_CN_OID, utf8))))
+
+
+def _cn_headers() -> list[bytes]:
+    # Name ::= SEQUENCE { SET { SEQUENCE { OID, UTF8String } } }: everything before the
+    # value depends only on its length (up to 256 bytes: 64 characters of 4 bytes).
+    headers = []
+    for size in range(257):
+        name = der.sequence(der.tlv(der.SET, der.sequence(_CN_OID, der.tlv(0x0C, bytes(size)))))
+        headers.append(name[: len(name) - size])
+    return headers
+
+
+_CN_HEADERS = _cn_headers()
 
 
 def rfc4514_value(value: str) -> str:
