@@ -27,9 +27,7 @@ from certwright.errors import InvalidCSRError, InvalidIdentityError, InvalidInpu
 from certwright.issuance import (
     SERIAL_BITS,
     Authority,
-    Issued,
     VerifiedCSR,
-    _Built,
     _key_id,
     _subject_key,
     create_root,
@@ -291,7 +289,7 @@ def test_issued_facts_are_what_the_certificate_says(authority_for, leaf_keys, re
     request = dict(request)
     authority = authority_for(request.pop("ca_type"))
     public_key = leaf_keys(request.pop("leaf_type")).public_key()
-    issued = Issued(*authority._issue(_subject_key(public_key), **request))
+    issued = authority._issue(_subject_key(public_key), **request)
     cert = issued.certificate
     assert issued.serial == cert.serial_number
     assert (issued.not_before, issued.not_after) == (cert.not_valid_before_utc, cert.not_valid_after_utc)
@@ -943,8 +941,3 @@ def test_verify_csr_refuses_a_tampered_request() -> None:
 def _csr_for_forgery() -> x509.CertificateSigningRequest:
     key = ec.generate_private_key(ec.SECP256R1())
     return x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
-
-
-def test_what_issue_builds_converts_to_issued_field_by_field():
-    # Issued(*built) is positional: the two must list the same fields in the same order.
-    assert _Built._fields == tuple(f.name for f in dataclasses.fields(Issued))

@@ -14,7 +14,7 @@ import pytest
 from store_helpers import START
 
 from certwright.files import read_csr
-from certwright.issuance import Authority, Issued
+from certwright.issuance import Authority, Issued, _subject_key
 from certwright.store import DuplicateCertificateError, Store, verify_chain
 from certwright.store.bulk import EventSpec, add_certificates, append_events, encode_row, encoders_for
 from certwright.store.models import AuditKind, NameKind
@@ -67,8 +67,8 @@ def test_issued_fields_equal_what_the_parsed_certificate_gives(ca: Authority, tm
 
 def test_issued_fields_for_a_key_issued_leaf_with_ip_and_email(ca: Authority) -> None:
     key = generate_key()
-    issued = ca.issue_issued(  # the facts of a leaf without a CSR: every SAN kind
-        key.public_key(),
+    issued = ca._issue(  # the facts of a leaf without a CSR: every SAN kind
+        _subject_key(key.public_key()),
         profile=MTLS,
         identity=SpiffeId.parse("spiffe://example.org/web"),
         sans=SubjectAltNames.parse(["dns:web.example.org", "ip:127.0.0.1", "ip:::1"]),
