@@ -118,10 +118,8 @@ def _subject_key(public_key: PublicKey) -> _SubjectKey:
     spki = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    usual = _SPKI_HEADERS.get(len(spki))
-    if usual is not None and spki.startswith(usual[0]):  # the header names the key type
-        return _SubjectKey(spki, usual[1])
-    return _SubjectKey(spki, key_type_of(public_key))
+    usual = _usual_spki(spki)
+    return _SubjectKey(spki, usual[1] if usual is not None else key_type_of(public_key))
 
 
 # AlgorithmIdentifier DER of the fixed-size key types (RFC 5480 2.1.1, RFC 8410 3).
@@ -155,8 +153,8 @@ def _csr_subject_and_key(csr: x509.CertificateSigningRequest) -> tuple[bytes, _S
 
 def _key_id(spki: bytes) -> bytes:
     """RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits (no tag, length, pad octet)."""
-    usual = _SPKI_HEADERS.get(len(spki))
-    if usual is not None and spki.startswith(usual[0]):  # the usual P-256, P-384 or Ed25519 key
+    usual = _usual_spki(spki)
+    if usual is not None:  # the usual P-256, P-384 or Ed25519 key: the bits follow the header
         return hashlib.sha1(spki[len(usual[0]) :], usedforsecurity=False).digest()
     _, start, _ = der.read_tlv(spki)
     _, _, alg_end = der.read_tlv(spki, start)
@@ -185,6 +183,12 @@ def _spki_headers() -> dict[int, tuple[bytes, KeyType]]:
 
 
 _SPKI_HEADERS = _spki_headers()
+
+
+def _usual_spki(spki: bytes) -> tuple[bytes, KeyType] | None:
+    """The header and key type when ``spki`` is one of the usual fixed-size keys, else None."""
+    usual = _SPKI_HEADERS.get(len(spki))
+    return usual if usual is not None and spki.startswith(usual[0]) else None
 
 
 def _san_value(sans: SubjectAltNames) -> bytes:
@@ -784,18 +788,18 @@ class Authority:
         A batch issues hundreds of certificates a second, all with the same validity.
         """
         last = self._last_validity
-        second: int | datetime.datetime
-        if type(self.clock) is SystemClock:
-            # What SystemClock.now() says, to the second, without building a datetime
-            # for every certificate of the second (both read the system's real-time clock).
-            second = int(time.time())
-            if last is not None and last[0] == (second, lifetime):
-                return last[1]
-            now = datetime.datetime.fromtimestamp(second, datetime.UTC)
-        else:
-            now = second = self.clock.now().replace(microsecond=0)
-            if last is not None and last[0] == (second, lifetime):
-                return last[1]
+        # On the system clock the second is read as time.time(): no datetime is built for
+        # every certificate of the second (both read the system's real-time clock).
+        second = (
+            int(time.time()) if type(self.clock) is SystemClock else self.clock.now().replace(microsecond=0)
+        )
+        if last is not None and last[0] == (second, lifetime):
+            return last[1]
+        now = (
+            second
+            if isinstance(second, datetime.datetime)
+            else datetime.datetime.fromtimestamp(second, datetime.UTC)
+        )
         not_before, not_after = self._validity(lifetime, now=now)
         validity = _Validity(
             _validity_der(not_before, not_after),

@@ -56,9 +56,7 @@ def tlv(tag: int, value: bytes) -> bytes:
 
 
 def sequence(*parts: bytes) -> bytes:
-    body = b"".join(parts)
-    n = len(body)
-    return b"".join((b"\x30", _LENGTHS[n] if n < _TABLED else _encode_length(n), body))
+    return tlv(SEQUENCE, b"".join(parts))
 
 
 def integer(value: int) -> bytes:

@@ -260,7 +260,7 @@ class Profile:
             return
         if self.identity is IdentityRule.FORBIDDEN:
             raise PolicyViolation(f"profile {self.name!r} does not carry an identity", field="identity")
-        if identity.trust_domain != settings.trust_domain:
+        if not identity.member_of(settings.trust_domain):
             raise PolicyViolation(
                 f"identity {identity} is outside this CA's trust domain {settings.trust_domain}",
                 field="identity",
