@@ -133,22 +133,28 @@ _SPKI_ALGORITHMS = {
 def _csr_subject_and_key(csr: x509.CertificateSigningRequest) -> tuple[bytes, _SubjectKey]:
     """The CSR's subject Name (DER) and key, read in one pass over its DER (RFC 2986 4.1).
 
-    The key comes from the DER where the algorithm alone fixes the key type: that saves
-    building a key object and re-encoding it (~10 us of a batch certificate). Only for
-    requests whose signature verified: that check already loaded, and so validated, the
-    key (an off-curve point fails it).
+    The key is taken as the CSR holds it only when it is one of the usual fixed-size keys
+    (:func:`_usual_spki`) with an uncompressed point: that saves building a key object
+    and encoding it again (~10 us a certificate). Only for requests whose signature
+    verified: that check already loaded, and so validated, the key (an off-curve point
+    fails it). A compressed or hybrid point (X9.62; a CSR may carry one, many verifiers
+    refuse it in a certificate), RSA and anything unusual are loaded and encoded anew,
+    uncompressed.
     """
     info = csr.tbs_certrequest_bytes
     _, start, end = der.read_tlv(info)
     _, _, version_end = der.read_tlv(info, start)
     _, _, subject_end = der.read_tlv(info, version_end)
-    _, spki_start, spki_end = der.read_tlv(info, subject_end)
-    _, _, alg_end = der.read_tlv(info, spki_start)
+    _, _, spki_end = der.read_tlv(info, subject_end)
     subject = info[version_end:subject_end]
-    key_type = _SPKI_ALGORITHMS.get(info[spki_start:alg_end])
-    if key_type is None or spki_end > end:
-        return subject, _subject_key(csr.public_key())  # RSA and anything unusual: the general way
-    return subject, _SubjectKey(info[subject_end:spki_end], key_type)
+    spki = info[subject_end:spki_end]
+    usual = _usual_spki(spki) if spki_end <= end else None
+    if usual is None or (usual[1] is not KeyType.ED25519 and spki[len(usual[0])] != _UNCOMPRESSED):
+        return subject, _subject_key(csr.public_key())
+    return subject, _SubjectKey(spki, usual[1])
+
+
+_UNCOMPRESSED = 0x04  # X9.62 point form (SEC 1 2.3.3)
 
 
 def _key_id(spki: bytes) -> bytes:
@@ -606,6 +612,39 @@ class Authority:
             sans=sans,
             authorization=authorization,
             subject=subject,
+            lifetime=lifetime,
+        )
+
+    def issue_for_csr_key(
+        self,
+        csr: VerifiedCSR,
+        *,
+        profile: Profile,
+        identity: SpiffeId | None = None,
+        sans: SubjectAltNames | None = None,
+        authorization: Authorization | None = None,
+        lifetime: datetime.timedelta | None = None,
+    ) -> Issued:
+        """:meth:`issue_issued` for the key of a verified CSR, and nothing else of it.
+
+        For callers that decide the names themselves from a grant (enrolment, renewal):
+        the CSR's subject, SANs and extensions are ignored, the subject is the default
+        label. The key is read from the CSR's DER where its algorithm fixes its type (no
+        key object is built and encoded again; :func:`verify_csr` has loaded, and so
+        validated, it).
+
+        Example::
+
+            issued = authority.issue_for_csr_key(verify_csr(csr), profile=profile, identity=sid)
+        """
+        _, key = _csr_subject_and_key(csr.csr)
+        return self._issue(
+            key,
+            profile=profile,
+            identity=identity,
+            sans=sans,
+            authorization=authorization,
+            subject=None,
             lifetime=lifetime,
         )
 

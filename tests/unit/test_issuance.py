@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import hashlib
 import ipaddress
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -941,3 +942,68 @@ def test_verify_csr_refuses_a_tampered_request() -> None:
 def _csr_for_forgery() -> x509.CertificateSigningRequest:
     key = ec.generate_private_key(ec.SECP256R1())
     return x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+
+
+def _csr_with_spki(key: ec.EllipticCurvePrivateKey, spki: bytes) -> x509.CertificateSigningRequest:
+    """A CSR (RFC 2986) carrying ``spki`` as it is, signed by ``key``: builders always
+    write the uncompressed point, a requester need not."""
+    info = der.sequence(der.integer(0), der.sequence(), spki, der.tlv(0xA0, b""))
+    algorithm = der.sequence(der.oid("1.2.840.10045.4.3.2"))  # ecdsa-with-SHA256
+    signature = key.sign(info, ec.ECDSA(hashes.SHA256()))
+    return x509.load_der_x509_csr(der.sequence(info, algorithm, der.bit_string(signature)))
+
+
+@pytest.mark.parametrize("form", ["compressed", "hybrid"])
+def test_a_csr_key_with_an_unusual_point_form_is_certified_uncompressed(
+    authority: Authority, leaf_keys: Any, form: str
+) -> None:
+    key = leaf_keys(KeyType.EC_P256)
+    public_key = key.public_key()
+    uncompressed = public_key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    if form == "compressed":
+        point = public_key.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+        )
+    else:  # X9.62 hybrid: 0x06 or 0x07 (the parity of y), then x and y, as long as an uncompressed point
+        point = bytes([6 | (uncompressed[-1] & 1)]) + uncompressed[1:]
+    algorithm = der.sequence(der.oid("1.2.840.10045.2.1"), der.oid("1.2.840.10045.3.1.7"))
+    csr = _csr_with_spki(key, der.sequence(algorithm, der.bit_string(point)))
+    verified = verify_csr(csr)
+    assert csr.public_key() == public_key
+    expected = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    identity = SpiffeId.parse("spiffe://example.org/ns/points")
+    profile = BUILTIN_PROFILES["mtls"]
+    for issued in (
+        authority.issue_for_csr_key(verified, profile=profile, identity=identity),
+        authority.sign_csr_issued(verified, profile=profile, identity=identity),
+    ):
+        certificate = issued.certificate
+        assert issued.spki == expected
+        assert (
+            certificate.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            == expected
+        )
+
+
+def test_issue_for_csr_key_takes_the_key_and_nothing_else_of_the_csr(
+    authority: Authority, leaf_keys: Any
+) -> None:
+    key = leaf_keys(KeyType.EC_P256)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "admin.example.org")]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("admin.example.org")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    identity = SpiffeId.parse("spiffe://example.org/ns/web")
+    issued = authority.issue_for_csr_key(verify_csr(csr), profile=BUILTIN_PROFILES["mtls"], identity=identity)
+    certificate = issued.certificate
+    assert certificate.public_key() == key.public_key()
+    assert SubjectAltNames.of(certificate).specs() == ["uri:spiffe://example.org/ns/web"]
+    assert certificate.subject.rfc4514_string() == "CN=web"

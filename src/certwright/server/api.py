@@ -48,12 +48,13 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -69,7 +70,7 @@ from certwright.server.ca_policy import CAAccess, revoke_any_path
 from certwright.server.problems import PROBLEM_JSON, Problem, install, logger, problem_for
 from certwright.server.state import ServerState
 from certwright.service.certificates import ca_key_id
-from certwright.service.enrollment import Enrolled, TokenGrant
+from certwright.service.enrollment import Enrolled, EnrollmentService, PendingCertificate, TokenGrant
 from certwright.store import (
     BySerial,
     CertificateFilter,
@@ -288,20 +289,30 @@ class _Handlers:
     # The cores of enrol and renew, shared by the FastAPI routes and the direct path (_Direct):
     # blocking (database), so both run them in a worker thread. They return IssuedOut's fields.
 
-    def enroll_fields(self, token: str, csr_pem: str, writer_wait: float | None = None) -> dict[str, Any]:
+    def enroll_fields(self, token: str, csr_pem: str) -> dict[str, Any]:
         with self._observed("enroll") as outcome:
             csr = _parse_csr(csr_pem)
-            enrolled = self.state.enrollment.enroll(token, csr, actor="api:enroll", writer_wait=writer_wait)
+            enrolled = self.state.enrollment.enroll(token, csr, actor="api:enroll")
             return self._issued(enrolled, outcome)
 
-    def renew_fields(self, scope: Scope, csr_pem: str, writer_wait: float | None = None) -> dict[str, Any]:
+    # The first halves of the two cores, for the direct path, which records what several
+    # requests prepared in one transaction (_Recorder).
+
+    def prepare_enroll(self, token: str, csr_pem: str) -> PendingCertificate:
+        return self.state.enrollment.prepare_enrollment(token, _parse_csr(csr_pem), actor="api:enroll")
+
+    def prepare_renew(self, scope: Scope, csr_pem: str) -> PendingCertificate:
+        peer = self.access.authorize(scope)
+        csr = _parse_csr(csr_pem)
+        # The identity comes from the verified certificate, never from the request.
+        return self.state.enrollment.prepare_renewal(peer.certificate, csr, actor=_actor(peer))
+
+    def renew_fields(self, scope: Scope, csr_pem: str) -> dict[str, Any]:
         with self._observed("renew") as outcome:
             peer = self.access.authorize(scope)
             csr = _parse_csr(csr_pem)
             # The identity comes from the verified certificate, never from the request.
-            enrolled = self.state.enrollment.renew(
-                peer.certificate, csr, actor=_actor(peer), writer_wait=writer_wait
-            )
+            enrolled = self.state.enrollment.renew(peer.certificate, csr, actor=_actor(peer))
             return self._issued(enrolled, outcome)
 
     def _grant(self, body: TokenIn) -> TokenGrant:
@@ -344,8 +355,6 @@ class _Handlers:
         start = time.perf_counter()
         try:
             yield outcome
-        except WriterBusy:
-            raise  # not an outcome: the request is tried again in a worker thread (_Direct)
         except Exception as exc:
             verdict = "refused" if problem_for(exc).status < 500 else "error"
             self.state.metrics.observe_issuance(kind, outcome.profile, verdict, time.perf_counter() - start)
@@ -561,14 +570,14 @@ class _Direct:
     runs, and the answer is written as FastAPI would write it.
 
     Where the core runs: on SQLite, in the event loop itself, as a synchronous worker
-    would (a hop to a worker thread and back cost ~0.2 ms of CPU a request, a fifth of an
-    enrolment; the worker processes of :mod:`certwright.server.workers` give the
-    concurrency). It may wait at most ``INLINE_WRITER_WAIT`` for the database's writer
-    turn; when another writer holds it longer (a CLI batch, a token being made), the core
-    gives up before writing anything (``WriterBusy``) and runs again in the worker thread,
-    so the loop never stalls behind a long transaction. On PostgreSQL, whose round trips
-    the loop must not wait for, always in a worker thread (the loop's default executor:
-    transactions overlap).
+    would (a hop to a worker thread and back cost ~0.2 ms of CPU a request; the worker
+    processes of :mod:`certwright.server.workers` give the concurrency). Each request is
+    prepared at once (the CSR verified, the token or the certificate renewed read, the
+    certificate signed); the certificates prepared in one turn of the loop are then
+    recorded together, in one write transaction (:class:`_Recorder`), and each request
+    is answered once that transaction has committed. On PostgreSQL, whose round trips
+    the loop must not wait for, the whole core runs in a worker thread (the loop's default
+    executor: transactions overlap), one request at a time.
 
     A request that is not plainly well-formed (another content type, bad JSON, a missing,
     extra or mistyped field, a length over the limit) is handed to the FastAPI app with its
@@ -580,19 +589,25 @@ class _Direct:
     def __init__(self, app: FastAPI, handlers: _Handlers) -> None:
         self.app = app
         self.handlers = handlers
-        # SQLite has one writer at a time (the store queues this process's writers): one
-        # worker thread runs the requests that could not run inline, in arrival order.
-        self.executor: ThreadPoolExecutor | None = None
         self.inline = handlers.state.store.dialect == "sqlite"
         self._loop_keeps_connections = False
+        self.recorder: _Recorder | None = None
         if self.inline:
-            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certwright-api-sqlite")
+            # SQLite has one writer at a time (the store queues this process's writers): one
+            # worker thread records what could not be recorded in the loop, in arrival order.
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certwright-api-sqlite")
+            self.recorder = _Recorder(handlers.state.enrollment, executor)
         routes = {getattr(r, "path", None): r for r in app.routes}
         # Per path: the route (its template labels the metrics, as Starlette's routing sets
-        # it), the body's fields and their length limits, and the core to run.
-        self.endpoints: dict[str, tuple[Any, dict[str, int | None], Callable[..., dict[str, Any]]]] = {
-            "/v1/enroll": (routes["/v1/enroll"], _limits(EnrollIn), self._enroll),
-            "/v1/renew": (routes["/v1/renew"], _limits(RenewIn), self._renew),
+        # it), the body's fields and their length limits, the metrics' kind, the whole core
+        # (PostgreSQL) and its first half (SQLite).
+        self.endpoints: dict[str, _Endpoint] = {
+            "/v1/enroll": _Endpoint(
+                routes["/v1/enroll"], _limits(EnrollIn), "enroll", self._enroll, self._prepare_enroll
+            ),
+            "/v1/renew": _Endpoint(
+                routes["/v1/renew"], _limits(RenewIn), "renew", self._renew, self._prepare_renew
+            ),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -602,17 +617,16 @@ class _Direct:
         if endpoint is None:
             await self.app(scope, receive, send)
             return
-        route, limits, core = endpoint
         body = await _read_body(receive)
         if body is None:
             return  # the client is gone
-        fields = _strict_fields(scope, body, limits)
+        fields = _strict_fields(scope, body, endpoint.limits)
         if fields is None:
             await self.app(scope, _replay(body, receive), send)  # FastAPI refuses it, its way
             return
-        scope["route"] = route
+        scope["route"] = endpoint.route
         try:
-            document = await self._run(core, scope, fields)
+            document = await self._run(endpoint, scope, fields)
         except Exception as exc:
             problem = problem_for(exc)
             if problem.status >= 500:  # logged as FastAPI's handlers do: a traceback if unexpected
@@ -622,24 +636,114 @@ class _Direct:
             return
         await _send(send, 201, "application/json", _json(document))
 
-    async def _run(
-        self, core: Callable[..., dict[str, Any]], scope: Scope, fields: dict[str, str]
-    ) -> dict[str, Any]:
-        if self.inline:
-            if not self._loop_keeps_connections:  # the loop's thread: first request
-                self.handlers.state.store.keep_connections_in_this_thread()
-                self._loop_keeps_connections = True
-            # WriterBusy: nothing was written; run it where waiting costs no one else.
-            with contextlib.suppress(WriterBusy):
-                return core(scope, fields, INLINE_WRITER_WAIT)
+    async def _run(self, endpoint: _Endpoint, scope: Scope, fields: dict[str, str]) -> dict[str, Any]:
+        if self.recorder is None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, endpoint.core, scope, fields)
+        if not self._loop_keeps_connections:  # the loop's thread: first request
+            self.handlers.state.store.keep_connections_in_this_thread()
+            self._loop_keeps_connections = True
+        with self.handlers._observed(endpoint.kind) as outcome:
+            pending = endpoint.prepare(scope, fields)
+            enrolled = await self.recorder.record(pending)
+            return self.handlers._issued(enrolled, outcome)
+
+    def _enroll(self, scope: Scope, fields: dict[str, str]) -> dict[str, Any]:
+        return self.handlers.enroll_fields(fields["token"], fields["csr"])
+
+    def _renew(self, scope: Scope, fields: dict[str, str]) -> dict[str, Any]:
+        return self.handlers.renew_fields(scope, fields["csr"])
+
+    def _prepare_enroll(self, scope: Scope, fields: dict[str, str]) -> PendingCertificate:
+        return self.handlers.prepare_enroll(fields["token"], fields["csr"])
+
+    def _prepare_renew(self, scope: Scope, fields: dict[str, str]) -> PendingCertificate:
+        return self.handlers.prepare_renew(scope, fields["csr"])
+
+
+class _Endpoint(NamedTuple):
+    route: Any
+    limits: dict[str, int | None]
+    kind: str  # the issuance metrics' label
+    core: Callable[[Scope, dict[str, str]], dict[str, Any]]
+    prepare: Callable[[Scope, dict[str, str]], PendingCertificate]
+
+
+_Waiting = tuple[PendingCertificate, "asyncio.Future[Enrolled]"]  # a request waiting for its record
+
+
+class _Recorder:
+    """Records the certificates prepared in one turn of the event loop in one transaction.
+
+    Requests whose bodies arrive together are prepared one after the other in the same
+    turn; the first schedules a flush for the next turn, which hands them all to
+    :meth:`EnrollmentService.record`: one writer turn (taken in the loop, as any inline
+    write, for at most ``INLINE_WRITER_WAIT``), one head of the audit chain, one commit.
+    Each request then gets its own outcome: its certificate, committed, or the refusal
+    of its own item. Under load that spares most of the per-transaction work and the
+    waits for the other processes' writer turn; a lone request is recorded at once.
+
+    When the writer turn is not free in time (a CLI batch, a token being made), nothing
+    was written: the items are recorded in the worker thread instead, where waiting
+    blocks no one. A request whose client went away is still recorded (it was decided);
+    nobody gets its certificate, and it can be revoked like any other.
+    """
+
+    def __init__(self, service: EnrollmentService, executor: ThreadPoolExecutor) -> None:
+        self.service = service
+        self.executor = executor
+        self.waiting: list[_Waiting] = []
+        self._threads: set[asyncio.Task[None]] = set()  # strong references to running tasks
+
+    def record(self, pending: PendingCertificate) -> asyncio.Future[Enrolled]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, core, scope, fields, None)
+        future: asyncio.Future[Enrolled] = loop.create_future()
+        if not self.waiting:
+            loop.call_soon(self._flush)
+        self.waiting.append((pending, future))
+        return future
 
-    def _enroll(self, scope: Scope, fields: dict[str, str], writer_wait: float | None) -> dict[str, Any]:
-        return self.handlers.enroll_fields(fields["token"], fields["csr"], writer_wait)
+    def _flush(self) -> None:
+        batch, self.waiting = self.waiting, []
+        try:
+            results = self.service.record([p for p, _ in batch], writer_wait=INLINE_WRITER_WAIT)
+        except WriterBusy:  # nothing was written
+            self._in_thread(batch)
+            return
+        except Exception as exc:  # the database could not be used: every request says so
+            for _, future in batch:
+                _settle(future, exc)
+            return
+        busy = [entry for entry, result in zip(batch, results, strict=True) if isinstance(result, WriterBusy)]
+        for (_, future), result in zip(batch, results, strict=True):
+            if not isinstance(result, WriterBusy):
+                _settle(future, result)
+        if busy:
+            self._in_thread(busy)
 
-    def _renew(self, scope: Scope, fields: dict[str, str], writer_wait: float | None) -> dict[str, Any]:
-        return self.handlers.renew_fields(scope, fields["csr"], writer_wait)
+    def _in_thread(self, batch: list[_Waiting]) -> None:
+        task = asyncio.get_running_loop().create_task(self._record_in_thread(batch))
+        self._threads.add(task)
+        task.add_done_callback(self._threads.discard)
+
+    async def _record_in_thread(self, batch: list[_Waiting]) -> None:
+        loop = asyncio.get_running_loop()
+        record = functools.partial(self.service.record, [p for p, _ in batch], writer_wait=None)
+        try:
+            results = await loop.run_in_executor(self.executor, record)
+        except Exception as exc:
+            results = [exc] * len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            _settle(future, result)
+
+
+def _settle(future: asyncio.Future[Enrolled], result: Enrolled | Exception) -> None:
+    if future.done():  # cancelled: the request's task is gone
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 def _limits(model: type[BaseModel]) -> dict[str, int | None]:

@@ -115,7 +115,7 @@ class InventoryRevocation:
         serial_to_bytes(serial)  # an unstorable serial is refused (InvalidInputError), not looked up
         # Every mTLS request of the API runs this: a prepared statement on a plain
         # connection (a sixth of StoreStatusSource.lookup's ORM session).
-        with self._store.read_connection() as connection:
+        with self._store.statement_connection() as connection:
             status = certificate_status(connection, serial, self._key_id)
         if status is None:
             raise VerificationError(f"certificate {serial:x} is not in the inventory")

@@ -41,8 +41,9 @@ import datetime
 import enum
 import hashlib
 import ipaddress
+import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -52,7 +53,7 @@ from cryptography.hazmat.primitives import hashes
 from certwright.clock import Clock, SystemClock
 from certwright.errors import CertwrightError, InvalidCSRError, InvalidInputError, PolicyViolation
 from certwright.issuance import Authority, Issued, verify_csr
-from certwright.store import AuditKind, CertificateStatus, Store
+from certwright.store import AuditKind, CertificateStatus, Store, WriterBusy
 from certwright.store.bulk import EventSpec, InTransaction, add_certificate_row, append_events
 from certwright.store.models import EnrollmentToken
 from certwright.store.records import issuance_details, issued_fields
@@ -79,6 +80,7 @@ SECRET_BYTES = 32  # 256 bits from the CSPRNG (secrets.token_urlsafe): not guess
 _MAX_SECRET_LENGTH = 256
 _MAX_ACTOR_LENGTH = 256  # the width of requested_by / created_by / used_by
 _SHA256 = hashes.SHA256()
+_log = logging.getLogger("certwright.enrollment")
 
 
 class TokenProblem(enum.Enum):
@@ -171,6 +173,50 @@ class Recorded(NamedTuple):
 
     profile: str
     identity: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCertificate:
+    """A certificate signed from a read, not yet stored: hand it to
+    :meth:`EnrollmentService.record`, which decides again in its write transaction.
+
+    Never give ``issued`` to anyone before that: the inventory does not hold it yet.
+    An enrolment carries its token (``token_hash`` and the grant the read saw), a renewal
+    the certificate it renews (``fingerprint`` and the row the read saw).
+    """
+
+    issued: Issued
+    profile: str
+    identity: str | None
+    actor: str
+    at: datetime.datetime
+    token_hash: bytes | None = None
+    token: RedeemedToken | None = None
+    fingerprint: bytes | None = None
+    held: HeldCertificate | None = None
+
+
+class _Link(NamedTuple):
+    """What ties a new row to its request: the token redeemed or the certificate renewed."""
+
+    token_pk: int | None
+    renewed_from_pk: int | None
+    extra: dict[str, str]  # for the audit event's details
+
+
+class _Refused(Exception):
+    """An item of :meth:`EnrollmentService.record` refused before it wrote anything."""
+
+    def __init__(self, error: CertwrightError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _one(results: list[Enrolled | Exception]) -> Enrolled:
+    (result,) = results
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 class _Asked(NamedTuple):
@@ -339,53 +385,47 @@ class EnrollmentService:
         ``writer_wait``: see :meth:`~certwright.store.Store.write_connection` (``WriterBusy``,
         raised before anything is written).
         """
+        return _one(self.record([self.prepare_enrollment(secret, csr, actor=actor)], writer_wait=writer_wait))
+
+    def prepare_enrollment(
+        self, secret: str, csr: x509.CertificateSigningRequest, *, actor: str
+    ) -> PendingCertificate:
+        """The first half of :meth:`enroll`: every check a read can make, and the signature.
+
+        Nothing is written: the certificate is stored (and may be returned) only once
+        :meth:`record` has redeemed the token in the transaction that stores it. Raises
+        what :meth:`enroll` raises for the request itself.
+        """
         _check_actor(actor)
         verified = verify_csr(csr)  # RFC 2986 3: proof of possession, before touching the database
         asked = _asked(verified.csr)
         token_hash = _hash_secret(secret)
         now = self.clock.now()
-        # An unknown, used or expired token is refused from a read transaction: guessing
+        # An unknown, used or expired token is refused from a read (one SELECT): guessing
         # (unauthenticated, free to send) must not queue for the database's one writer. The
         # certificate is signed from what the read says the token grants (a token never
         # changes but for its redemption), outside the write transaction, so the writer
-        # turn is held only for the statements. The conditional UPDATE below stays the
-        # authority on single use: if another request redeemed the token meanwhile, the
+        # turn is held only for the statements. The conditional UPDATE in record() stays
+        # the authority on single use: if another request redeemed the token meanwhile, the
         # certificate just signed is dropped, never stored nor returned.
-        with self.store.read_connection() as connection:
+        with self.store.statement_connection() as connection:
             state = token_state(connection, token_hash)
         if state is None or not state.redeemable(now):
             raise _refusal(state, now)
         grant = grant_of(state.grant)
         profile = self._profile(grant.profile, what=f"token {state.token_id}")
         sans = _within_grant(asked, grant, state.token_id)
-        issued = self.authority.issue_issued(
-            verified.csr.public_key(),
+        issued = self.authority.issue_for_csr_key(
+            verified,
             profile=profile,
             identity=grant.identity,
             sans=sans,
             authorization=grant.authorization,
             lifetime=_capped(grant.lifetime, profile),
         )
-        with self.store.write_connection(wait=writer_wait) as connection:
-            token = redeem(connection, token_hash, at=now, by=actor)
-            if token is None:
-                raise _refusal(token_state(connection, token_hash), now)
-            if token != state.grant:  # cannot happen: tokens are immutable; never sign blind
-                raise TokenError(
-                    f"token {token.token_id} changed while it was redeemed", token_id=token.token_id
-                )
-            certificate = self._record(
-                connection,
-                issued,
-                profile=profile.name,
-                actor=actor,
-                at=now,
-                extra={"token_id": token.token_id},
-                token_pk=token.id,
-            )
-        # Committed (the block above raised otherwise): the row holds what was recorded.
-        recorded = Recorded(profile.name, str(grant.identity))
-        return Enrolled(certificate=certificate, chain=self._issuer().chain, recorded=recorded)
+        return PendingCertificate(
+            issued, profile.name, str(grant.identity), actor, now, token_hash=token_hash, token=state.grant
+        )
 
     def _profile(self, name: str, *, what: str) -> Profile:
         profile = self.profiles.get(name)
@@ -414,20 +454,27 @@ class EnrollmentService:
         expired, without a profile; the CSR asks for another identity or more names) or
         :class:`InvalidCSRError`. ``writer_wait``: as for :meth:`enroll`.
         """
+        return _one(self.record([self.prepare_renewal(presented, csr, actor=actor)], writer_wait=writer_wait))
+
+    def prepare_renewal(
+        self, presented: x509.Certificate, csr: x509.CertificateSigningRequest, *, actor: str
+    ) -> PendingCertificate:
+        """The first half of :meth:`renew`, as :meth:`prepare_enrollment` is of :meth:`enroll`."""
         _check_actor(actor)
         verified = verify_csr(csr)
         asked = _asked(verified.csr)
         fingerprint = presented.fingerprint(_SHA256)
         now = self.clock.now()
-        # Decided and signed from a read; the write transaction locks the row and decides
-        # again (a revocation may have landed meanwhile: the certificate just signed is then
-        # dropped, never stored nor returned), so the writer turn covers only the statements.
-        with self.store.read_connection() as connection:
+        # Decided and signed from a read; the write transaction (record()) reads the row
+        # again, locked, and decides again (a revocation may have landed meanwhile: the
+        # certificate just signed is then dropped, never stored nor returned), so the writer
+        # turn covers only the statements.
+        with self.store.statement_connection() as connection:
             row, profile = self._renewable(held(connection, fingerprint), now)
         identity = SpiffeId.parse(row.identity) if row.identity is not None else None
         sans = _within_held(asked, identity, SubjectAltNames.of(presented))
-        issued = self.authority.issue_issued(
-            verified.csr.public_key(),
+        issued = self.authority.issue_for_csr_key(
+            verified,
             profile=profile,
             identity=identity,
             sans=sans,
@@ -436,21 +483,9 @@ class EnrollmentService:
             # short-lived certificate, stays short across renewals.
             lifetime=self._held_lifetime(presented, profile),
         )
-        with self.store.write_connection(wait=writer_wait) as connection:
-            locked, _ = self._renewable(lock_held(connection, fingerprint), now)
-            if (locked.profile, locked.identity) != (row.profile, row.identity):
-                raise RenewalError(f"certificate {row.serial_hex} changed while it was renewed")
-            certificate = self._record(
-                connection,
-                issued,
-                profile=profile.name,
-                actor=actor,
-                at=now,
-                extra={"renewed_from": row.serial_hex},
-                renewed_from_pk=row.id,
-            )
-        recorded = Recorded(profile.name, row.identity)  # committed, as in enroll()
-        return Enrolled(certificate=certificate, chain=self._issuer().chain, recorded=recorded)
+        return PendingCertificate(
+            issued, profile.name, row.identity, actor, now, fingerprint=fingerprint, held=row
+        )
 
     def _held_lifetime(self, presented: x509.Certificate, profile: Profile) -> datetime.timedelta:
         validity = presented.not_valid_after_utc - presented.not_valid_before_utc
@@ -482,48 +517,113 @@ class EnrollmentService:
 
     # -- recording ---------------------------------------------------------------------
 
-    def _record(
-        self,
-        session: InTransaction,
-        issued: Issued,
-        *,
-        profile: str,
-        actor: str,
-        at: datetime.datetime,
-        extra: Mapping[str, Any],
-        token_pk: int | None = None,
-        renewed_from_pk: int | None = None,
-    ) -> x509.Certificate:
-        """The row, the token's link to it, and the ``issued`` event (what CertificateService
-        records, plus ``extra``).
+    def record(
+        self, pending: Sequence[PendingCertificate], *, writer_wait: float | None = None
+    ) -> list[Enrolled | Exception]:
+        """Store prepared certificates in one write transaction; per certificate, what happened.
+
+        Each item is :class:`Enrolled` (committed with its row, its token's redemption or
+        its renewal link, and its ``issued`` audit event) or the exception that refused it
+        (the token was redeemed, or the certificate renewed was revoked, since the read
+        that prepared it), in the order given. A refused item writes nothing; the others
+        still commit. Several requests share one writer turn, one head of the audit chain
+        and one commit: the server gathers the enrolments and renewals that arrive
+        together (:mod:`certwright.server.api`).
+
+        If the shared transaction fails for any other reason it is rolled back whole and
+        each item is recorded again in a transaction of its own, so one bad item costs the
+        others nothing; its exception is then its item. ``writer_wait``: see
+        :meth:`enroll`; :class:`WriterBusy` is raised before anything is written, or (in
+        that fallback) is the item of each certificate that was not tried.
+        """
+        if len(pending) > 1:
+            try:
+                return self._record_together(pending, writer_wait)
+            except WriterBusy:
+                raise  # nothing written: the caller may wait for the turn elsewhere
+            except Exception:
+                _log.warning(
+                    "recording %d certificates together failed: each is recorded alone",
+                    len(pending),
+                    exc_info=True,
+                )
+        results: list[Enrolled | Exception] = []
+        for item in pending:
+            try:
+                results.extend(self._record_together([item], writer_wait))
+            except Exception as exc:  # the item's own outcome, as enroll() and renew() raise it
+                results.append(exc)
+        return results
+
+    def _record_together(
+        self, pending: Sequence[PendingCertificate], writer_wait: float | None
+    ) -> list[Enrolled | Exception]:
+        issuer = self._issuer()
+        results: list[Enrolled | Exception] = []
+        events: list[EventSpec] = []
+        with self.store.write_connection(wait=writer_wait) as connection:
+            for item in pending:
+                try:
+                    link = self._claim(connection, item)
+                except _Refused as refused:
+                    results.append(refused.error)
+                    continue
+                events.append(self._store_rows(connection, item, link, issuer))
+                # Committed once the block ends (it raises otherwise): the row holds what
+                # ``recorded`` says.
+                recorded = Recorded(item.profile, item.identity)
+                results.append(Enrolled(item.issued.certificate, issuer.chain, recorded))
+            # The events go last: on PostgreSQL the chain's head stays locked until the commit.
+            append_events(connection, events)
+        return results
+
+    def _claim(self, connection: InTransaction, item: PendingCertificate) -> _Link:
+        """Redeem the item's token, or decide again on the certificate it renews (its row
+        locked). A refusal (:class:`_Refused`) comes before the item writes anything."""
+        if item.token_hash is not None:
+            token = redeem(connection, item.token_hash, at=item.at, by=item.actor)
+            if token is None:  # redeemed (or expired) since the read: the signature is dropped
+                raise _Refused(_refusal(token_state(connection, item.token_hash), item.at))
+            if token != item.token:  # cannot happen: tokens are immutable; never sign blind
+                raise TokenError(
+                    f"token {token.token_id} changed while it was redeemed", token_id=token.token_id
+                )
+            return _Link(token.id, None, {"token_id": token.token_id})
+        assert item.fingerprint is not None and item.held is not None
+        row = item.held
+        try:
+            locked, _ = self._renewable(lock_held(connection, item.fingerprint), item.at)
+        except RenewalError as exc:  # revoked, held or gone since the read
+            raise _Refused(exc) from None
+        if (locked.profile, locked.identity) != (row.profile, row.identity):
+            raise _Refused(RenewalError(f"certificate {row.serial_hex} changed while it was renewed"))
+        return _Link(None, row.id, {"renewed_from": row.serial_hex})
+
+    def _store_rows(
+        self, session: InTransaction, item: PendingCertificate, link: _Link, issuer: _IssuerFacts
+    ) -> EventSpec:
+        """The row, the token's link to it, and the ``issued`` event to append (what
+        CertificateService records, plus the token or the certificate renewed).
 
         Core inserts, no ORM object: the row is built from the facts the certificate was
         encoded from (:func:`~certwright.store.records.issued_fields`, held equal to the
-        parsed certificate's row by the tests). The event goes last: on PostgreSQL it locks
-        the audit head until the commit. Returns the certificate.
+        parsed certificate's row by the tests).
         """
-        issuer = self._issuer()
+        issued = item.issued
         fields, names = issued_fields(
             issued,
             issuer=issuer.subject,
             issuer_key_id=issuer.key_id,
-            profile=profile,
-            requested_by=actor,
-            created_at=at,
+            profile=item.profile,
+            requested_by=item.actor,
+            created_at=item.at,
         )
-        fields["renewed_from_id"] = renewed_from_pk
+        fields["renewed_from_id"] = link.renewed_from_pk
         certificate_pk = add_certificate_row(session, (fields, names))
-        if token_pk is not None:
-            link_certificate(session, token_pk, certificate_pk)
-        event = EventSpec(
-            AuditKind.ISSUED,
-            actor,
-            at,
-            format(issued.serial, "x"),
-            {**issuance_details(fields, profile), **extra},
-        )
-        append_event(session, event)
-        return issued.certificate
+        if link.token_pk is not None:
+            link_certificate(session, link.token_pk, certificate_pk)
+        details = {**issuance_details(fields, item.profile), **link.extra}
+        return EventSpec(AuditKind.ISSUED, item.actor, item.at, format(issued.serial, "x"), details)
 
     def _issuer(self) -> _IssuerFacts:
         """The authority's key id and leaf chain, computed once per authority."""

@@ -122,6 +122,32 @@ class Store:
                 transaction.rollback()  # a read: end the snapshot, write nothing
 
     @contextlib.contextmanager
+    def statement_connection(self) -> Iterator[sa.Connection]:
+        """A connection for reads of one statement each, outside any transaction.
+
+        Each statement sees what was committed when it ran: use it for a lookup that is
+        one ``SELECT`` (a token by its hash, a certificate by its fingerprint), never
+        for several statements that must agree. On SQLite, in a thread that keeps its
+        connections (:meth:`keep_connections_in_this_thread`), it is that thread's
+        writing connection, idle between its transactions (SQLite runs a statement
+        outside ``BEGIN`` in a transaction of its own): no ``BEGIN`` and ``ROLLBACK``
+        around the one statement, and the pages its own writes just touched are still
+        in its cache, where a separate reading connection has to read them again after
+        every commit. Elsewhere it is :meth:`read_connection`.
+        """
+        pinned = self._pinned.get(write=True) if self._pinned is not None else None
+        if pinned is None or pinned.in_transaction():
+            with self.read_connection() as connection:
+                yield connection
+            return
+        with self.translate_errors():
+            try:
+                yield pinned
+            finally:
+                if pinned.in_transaction():  # a statement went through SQLAlchemy: end what it began
+                    pinned.rollback()
+
+    @contextlib.contextmanager
     def write_connection(self, *, wait: float | None = None) -> Iterator[sa.Connection]:
         """:meth:`write` as a Core ``Connection`` (same turn, same ``BEGIN IMMEDIATE``).
 

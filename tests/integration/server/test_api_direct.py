@@ -11,6 +11,7 @@ is driven by Starlette's TestClient, the TLS extension added by hand for renewal
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import fcntl
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,7 +33,7 @@ from fastapi.testclient import TestClient
 from certwright.server.api import INLINE_WRITER_WAIT, IssuedOut, create_api
 from certwright.server.problems import PROBLEM_BASE, PROBLEM_JSON
 from certwright.server.state import ServerState
-from certwright.service.enrollment import Enrolled, TokenGrant
+from certwright.service.enrollment import Enrolled, EnrollmentService, TokenGrant
 from certwright.store import StoreError
 from certwright.store import session as session_module
 from certwright.store.session import WRITER_LOCK_SUFFIX
@@ -231,6 +233,40 @@ class _Failing:
     ) -> Enrolled:
         raise self.error
 
+    def prepare_enrollment(self, secret: str, csr: x509.CertificateSigningRequest, *, actor: str) -> Any:
+        raise self.error
+
+
+class _FailingWrite:
+    """The real service, but its write transaction (record) fails."""
+
+    def __init__(self, service: EnrollmentService, error: Exception) -> None:
+        self.service = service
+        self.error = error
+
+    def prepare_enrollment(self, secret: str, csr: x509.CertificateSigningRequest, *, actor: str) -> Any:
+        return self.service.prepare_enrollment(secret, csr, actor=actor)
+
+    def record(self, pending: Any, *, writer_wait: float | None = None) -> Any:
+        raise self.error
+
+
+def test_a_failed_write_on_the_direct_path_is_a_503_and_keeps_the_token(state: ServerState) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = {
+        "token": _token(state, "direct/write-fails"),
+        "csr": _csr(key, f"spiffe://{TD}/direct/write-fails"),
+    }
+    failing = dataclasses.replace(
+        state, enrollment=_FailingWrite(state.enrollment, StoreError("disk I/O error"))
+    )  # type: ignore[arg-type]
+    with TestClient(create_api(failing)) as client:
+        response = client.post("/v1/enroll", json=body)
+    assert response.status_code == 503 and response.json()["type"] == PROBLEM_BASE + "store-unavailable"
+    assert "disk" not in response.text
+    with TestClient(create_api(state)) as client:
+        assert client.post("/v1/enroll", json=body).status_code == 201  # the token was not spent
+
 
 def test_problem_headers_and_500s_on_the_direct_path(
     state: ServerState, caplog: pytest.LogCaptureFixture
@@ -323,3 +359,39 @@ def test_a_writer_busy_past_the_whole_wait_is_a_503_and_keeps_the_token(
     assert response.json()["detail"] == "the inventory database cannot be used now"  # no path leaks
     with TestClient(create_api(state)) as client:
         assert client.post("/v1/enroll", json=body).status_code == 201  # the token was not spent
+
+
+def test_enrolments_arriving_together_are_recorded_in_one_transaction(
+    state: ServerState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests whose bodies are in before the loop's next turn are signed one by one and
+    recorded together; each gets its own outcome (here a token used twice: one 201, one 403)."""
+    sizes: list[int] = []
+    original = EnrollmentService.record
+
+    def record(self: EnrollmentService, pending: Any, *, writer_wait: float | None = None) -> Any:
+        sizes.append(len(pending))
+        return original(self, pending, writer_wait=writer_wait)
+
+    monkeypatch.setattr(EnrollmentService, "record", record)
+    names = [f"direct/together{i}" for i in range(4)]
+    tokens = [_token(state, name) for name in names]
+    bodies = [
+        {"token": token, "csr": _csr(ec.generate_private_key(ec.SECP256R1()), f"spiffe://{TD}/{name}")}
+        for token, name in zip(tokens, names, strict=True)
+    ]
+    bodies.append({"token": tokens[0], "csr": _csr(ec.generate_private_key(ec.SECP256R1()))})
+
+    async def send_all() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=create_api(state))
+        async with httpx.AsyncClient(transport=transport, base_url="https://ca.test") as client:
+            return await asyncio.gather(*(client.post("/v1/enroll", json=body) for body in bodies))
+
+    responses = asyncio.run(send_all())
+    assert max(sizes) > 1  # recorded together
+    assert [r.status_code for r in responses] == [201, 201, 201, 201, 403]
+    assert responses[4].json()["detail"] == "the enrolment token is not valid"
+    for response, name in zip(responses, names, strict=False):
+        serial = int(response.json()["serial"], 16)
+        record_ = state.certificates.get(serial)
+        assert record_ is not None and record_.identity == f"spiffe://{TD}/{name}"

@@ -8,9 +8,11 @@ PostgreSQL (skipped locally without a server, failing under CI).
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import ipaddress
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,8 +42,17 @@ from certwright.service import (
     TokenProblem,
 )
 from certwright.service import enrollment as enrollment_module
-from certwright.store import AuditEvent, BySerial, CertificateRecord, Store, audit_head, open_store
+from certwright.store import (
+    AuditEvent,
+    BySerial,
+    CertificateRecord,
+    Store,
+    WriterBusy,
+    audit_head,
+    open_store,
+)
 from certwright.store.models import EnrollmentToken
+from certwright.store.session import WRITER_LOCK_SUFFIX
 from certwright.x509.authz import Authorization
 from certwright.x509.identity import SpiffeId
 from certwright.x509.keys import KeyType, generate_key
@@ -498,7 +509,7 @@ def test_a_failed_write_after_signing_returns_nothing_and_leaves_the_token_unuse
         raise RuntimeError("disk full")
 
     # The certificate is signed and its row added; the audit append (last) fails.
-    monkeypatch.setattr("certwright.service.enrollment.append_event", broken)
+    monkeypatch.setattr("certwright.service.enrollment.append_events", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         enrollment.enroll(created.secret, make_csr(uris=(WEB,)), actor="x")
     monkeypatch.undo()
@@ -688,15 +699,15 @@ def _before_next_signature(
 ) -> None:
     """Run ``act`` once, just before the next certificate is signed (after the service read
     the token or the certificate to renew, before its write transaction)."""
-    original = type(authority).issue_issued
+    original = type(authority).issue_for_csr_key
     pending = [act]
 
-    def issue_issued(self: Authority, *args: Any, **kwargs: Any) -> Issued:
+    def issue_for_csr_key(self: Authority, *args: Any, **kwargs: Any) -> Issued:
         if pending:
             pending.pop()()
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(type(authority), "issue_issued", issue_issued)
+    monkeypatch.setattr(type(authority), "issue_for_csr_key", issue_for_csr_key)
 
 
 def test_a_revocation_landing_while_the_successor_is_signed_drops_it(
@@ -939,3 +950,143 @@ def test_attack_a_guessed_token_is_refused_without_waiting_for_the_writer(
     thread.join(30)
     assert answered_while_held
     assert outcome["refused"] is TokenProblem.UNKNOWN
+
+
+# -- several requests recorded in one transaction (what the server does under load) ------------
+
+
+def _issued_serials(store: Store) -> list[int]:
+    with store.read() as session:
+        return sorted(session.scalars(sa.select(CertificateRecord.serial)).all())
+
+
+def test_record_stores_enrolments_and_renewals_prepared_apart_in_one_transaction(
+    enrollment: EnrollmentService, store: Store, enrolled: x509.Certificate
+) -> None:
+    created = [
+        enrollment.create_token(
+            grant(f"spiffe://example.org/ns/batch{i}", dns=(), ips=()), ttl=TTL, actor="admin"
+        )
+        for i in range(3)
+    ]
+    pending = [
+        enrollment.prepare_enrollment(c.secret, make_csr(), actor=f"e{i}") for i, c in enumerate(created)
+    ]
+    pending.append(enrollment.prepare_renewal(enrolled, make_csr(uris=(WEB,)), actor="peer"))
+    before = _issued_serials(store)
+    assert before == [enrolled.serial_number]  # prepared: signed, nothing stored yet
+    head = audit_head_seq(store)
+    results = enrollment.record(pending)
+    assert [type(r) for r in results] == [enrollment_module.Enrolled] * 4
+    issued = [r.certificate for r in results if isinstance(r, enrollment_module.Enrolled)]
+    assert [c.serial_number for c in issued] == [p.issued.serial for p in pending]
+    assert _issued_serials(store) == sorted([enrolled.serial_number, *(c.serial_number for c in issued)])
+    for made, certificate in zip(created, issued[:3], strict=True):
+        row = token_row(store, made.token_id)
+        assert row.used_at is not None and row.certificate_id is not None
+        assert sans(certificate) == [f"uri:{made.grant.identity}"]
+    # One "issued" event per certificate, in the order given, each naming its request.
+    logged = [(kind, subject, details) for kind, subject, _, details in events(store, head)]
+    assert [(kind, subject) for kind, subject, _ in logged] == [
+        ("issued", f"{p.issued.serial:x}") for p in pending
+    ]
+    assert [d.get("token_id") for _, _, d in logged[:3]] == [c.token_id for c in created]
+    assert logged[3][2]["renewed_from"] == f"{enrolled.serial_number:x}"
+    assert_chain_intact(store)
+
+
+def test_record_refuses_the_second_redemption_of_one_token_and_stores_the_rest(
+    enrollment: EnrollmentService, store: Store
+) -> None:
+    """Two requests with one token, prepared before either is recorded (both reads saw it
+    unused), in one transaction: the conditional UPDATE lets one through."""
+    shared = enrollment.create_token(grant(dns=(), ips=()), ttl=TTL, actor="admin")
+    other = enrollment.create_token(
+        grant("spiffe://example.org/ns/other", dns=(), ips=()), ttl=TTL, actor="admin"
+    )
+    first = enrollment.prepare_enrollment(shared.secret, make_csr(), actor="first")
+    second = enrollment.prepare_enrollment(shared.secret, make_csr(), actor="second")
+    third = enrollment.prepare_enrollment(other.secret, make_csr(), actor="third")
+    results = enrollment.record([first, second, third])
+    assert isinstance(results[0], enrollment_module.Enrolled) and isinstance(
+        results[2], enrollment_module.Enrolled
+    )
+    assert isinstance(results[1], TokenError) and results[1].problem is TokenProblem.USED
+    assert _issued_serials(store) == sorted([first.issued.serial, third.issued.serial])  # never the second
+    assert token_row(store, shared.token_id).used_by == "first"
+    assert_chain_intact(store)
+
+
+def test_record_refuses_a_renewal_revoked_since_it_was_prepared_and_stores_the_rest(
+    enrollment: EnrollmentService, revocations: RevocationService, store: Store, enrolled: x509.Certificate
+) -> None:
+    created = enrollment.create_token(
+        grant("spiffe://example.org/ns/beside", dns=(), ips=()), ttl=TTL, actor="admin"
+    )
+    renewal = enrollment.prepare_renewal(enrolled, make_csr(uris=(WEB,)), actor="peer")
+    enrolment = enrollment.prepare_enrollment(created.secret, make_csr(), actor="e")
+    revocations.revoke(BySerial(enrolled.serial_number), Reason.KEY_COMPROMISE)
+    results = enrollment.record([renewal, enrolment])
+    assert isinstance(results[0], RenewalError) and "revoked" in str(results[0])
+    assert isinstance(results[1], enrollment_module.Enrolled)
+    assert _issued_serials(store) == sorted([enrolled.serial_number, enrolment.issued.serial])
+
+
+def test_a_failure_inside_a_shared_transaction_costs_the_other_requests_nothing(
+    enrollment: EnrollmentService, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One item fails after it wrote (its certificate row cannot be inserted): the shared
+    transaction rolls back whole, each item is recorded alone, and only the bad one fails,
+    leaving no row and its token unused."""
+    created = [
+        enrollment.create_token(
+            grant(f"spiffe://example.org/ns/alone{i}", dns=(), ips=()), ttl=TTL, actor="admin"
+        )
+        for i in range(3)
+    ]
+    pending = [
+        enrollment.prepare_enrollment(c.secret, make_csr(), actor=f"e{i}") for i, c in enumerate(created)
+    ]
+    bad_serial = pending[1].issued.serial
+    original = enrollment_module.add_certificate_row
+
+    def add_certificate_row(session: Any, row: Any) -> int:
+        if row[0]["serial"] == bad_serial:
+            raise RuntimeError("disk full")
+        return original(session, row)
+
+    monkeypatch.setattr(enrollment_module, "add_certificate_row", add_certificate_row)
+    results = enrollment.record(pending)
+    assert isinstance(results[0], enrollment_module.Enrolled) and isinstance(
+        results[2], enrollment_module.Enrolled
+    )
+    assert isinstance(results[1], RuntimeError) and "disk full" in str(results[1])
+    assert _issued_serials(store) == sorted([pending[0].issued.serial, pending[2].issued.serial])
+    assert token_row(store, created[1].token_id).used_at is None  # usable again
+    assert_chain_intact(store)
+
+
+def test_record_gives_up_before_writing_when_another_process_holds_the_writer_turn(
+    enrollment: EnrollmentService, store: Store
+) -> None:
+    created = [
+        enrollment.create_token(
+            grant(f"spiffe://example.org/ns/busy{i}", dns=(), ips=()), ttl=TTL, actor="admin"
+        )
+        for i in range(2)
+    ]
+    pending = [enrollment.prepare_enrollment(c.secret, make_csr(), actor="e") for c in created]
+    before = state(store)
+    lock_path = f"{store.engine.url.database}{WRITER_LOCK_SUFFIX}"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)  # another open file: as another process
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(WriterBusy):
+            enrollment.record(pending, writer_wait=0.01)
+        alone = enrollment.record(pending[:1], writer_wait=0.01)  # one item: its outcome, not a raise
+        assert len(alone) == 1 and isinstance(alone[0], WriterBusy)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    assert state(store) == before
+    assert all(isinstance(r, enrollment_module.Enrolled) for r in enrollment.record(pending))
