@@ -230,22 +230,40 @@ class _PreparedForm:
             for name, bind in zip(names, binds, strict=True)
             if not bind.required
         }
+        # The batch encoders' processors (see _processor): recent values remembered (the
+        # request's time, the second's validity), plain bytes passed as they are.
         self.processors = tuple(
-            (name, bind.type.dialect_impl(dialect).bind_processor(dialect))
+            (name, _processor(bind.type, dialect))
             for name, bind in zip(names, binds, strict=True)
             if name not in self.fixed
         )
         self.decoders = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
+        # Positional parameters (SQLite): per position, the caller's name and its processor,
+        # or a literal's encoded value (name None); a name may occur twice (the same value
+        # in WHERE and SET).
+        by_name = dict(self.processors)
+        self.plan: tuple[tuple[str | None, Callable[[Any], Any] | None, Any], ...] | None = None
+        if self.positional:
+            self.plan = tuple(
+                (None, None, self.fixed[name]) if name in self.fixed else (name, by_name[name], None)
+                for name in names
+            )
 
     def encode(self, params: Mapping[str, Any]) -> Params:
+        plan = self.plan
+        if plan is not None:
+            return tuple(
+                [
+                    fixed if name is None else params[name] if process is None else process(params[name])
+                    for name, process, fixed in plan
+                ]
+            )
         encoded = {
             name: params[name] if process is None else process(params[name])
             for name, process in self.processors
         }
         if self.fixed:
             encoded.update(self.fixed)
-        if self.positional:  # a name may occur twice (the same value in WHERE and SET)
-            return tuple(encoded[name] for name in self.names)
         return encoded
 
 
