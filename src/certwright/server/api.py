@@ -286,8 +286,9 @@ class _Handlers:
         """A successor for the certificate presented on this connection (same identity)."""
         return self.renew_fields(request.scope, body.csr)
 
-    # The cores of enrol and renew, shared by the FastAPI routes and the direct path (_Direct):
-    # blocking (database), so both run them in a worker thread. They return IssuedOut's fields.
+    # The cores of enrol and renew, for the FastAPI routes (the requests _Direct hands over):
+    # blocking (database), so FastAPI runs them in a worker thread. They return IssuedOut's
+    # fields.
 
     def enroll_fields(self, token: str, csr_pem: str) -> dict[str, Any]:
         with self._observed("enroll") as outcome:
@@ -576,8 +577,9 @@ class _Direct:
     certificate signed); the certificates prepared in one turn of the loop are then
     recorded together, in one write transaction (:class:`_Recorder`), and each request
     is answered once that transaction has committed. On PostgreSQL, whose round trips
-    the loop must not wait for, the whole core runs in a worker thread (the loop's default
-    executor: transactions overlap), one request at a time.
+    the loop must not wait for, each request is prepared in a thread of the loop's default
+    executor, and the requests prepared by one turn of the loop are recorded together in
+    another (transactions of different batches overlap).
 
     A request that is not plainly well-formed (another content type, bad JSON, a missing,
     extra or mistyped field, a length over the limit) is handed to the FastAPI app with its
@@ -591,23 +593,19 @@ class _Direct:
         self.handlers = handlers
         self.inline = handlers.state.store.dialect == "sqlite"
         self._loop_keeps_connections = False
-        self.recorder: _Recorder | None = None
+        executor = None  # PostgreSQL: the loop's default executor (transactions overlap)
         if self.inline:
             # SQLite has one writer at a time (the store queues this process's writers): one
             # worker thread records what could not be recorded in the loop, in arrival order.
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certwright-api-sqlite")
-            self.recorder = _Recorder(handlers.state.enrollment, executor)
+        self.recorder = _Recorder(handlers.state.enrollment, executor, inline=self.inline)
         routes = {getattr(r, "path", None): r for r in app.routes}
         # Per path: the route (its template labels the metrics, as Starlette's routing sets
-        # it), the body's fields and their length limits, the metrics' kind, the whole core
-        # (PostgreSQL) and its first half (SQLite).
+        # it), the body's fields and their length limits, the metrics' kind, and the first
+        # half of the core (the second is the recorder's).
         self.endpoints: dict[str, _Endpoint] = {
-            "/v1/enroll": _Endpoint(
-                routes["/v1/enroll"], _limits(EnrollIn), "enroll", self._enroll, self._prepare_enroll
-            ),
-            "/v1/renew": _Endpoint(
-                routes["/v1/renew"], _limits(RenewIn), "renew", self._renew, self._prepare_renew
-            ),
+            "/v1/enroll": _Endpoint(routes["/v1/enroll"], _limits(EnrollIn), "enroll", self._prepare_enroll),
+            "/v1/renew": _Endpoint(routes["/v1/renew"], _limits(RenewIn), "renew", self._prepare_renew),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -637,22 +635,17 @@ class _Direct:
         await _send(send, 201, "application/json", _json(document))
 
     async def _run(self, endpoint: _Endpoint, scope: Scope, fields: dict[str, str]) -> dict[str, Any]:
-        if self.recorder is None:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, endpoint.core, scope, fields)
-        if not self._loop_keeps_connections:  # the loop's thread: first request
-            self.handlers.state.store.keep_connections_in_this_thread()
-            self._loop_keeps_connections = True
         with self.handlers._observed(endpoint.kind) as outcome:
-            pending = endpoint.prepare(scope, fields)
+            if self.inline:
+                if not self._loop_keeps_connections:  # the loop's thread: first request
+                    self.handlers.state.store.keep_connections_in_this_thread()
+                    self._loop_keeps_connections = True
+                pending = endpoint.prepare(scope, fields)
+            else:  # PostgreSQL: its reads are round trips the loop must not wait for
+                loop = asyncio.get_running_loop()
+                pending = await loop.run_in_executor(None, endpoint.prepare, scope, fields)
             enrolled = await self.recorder.record(pending)
             return self.handlers._issued(enrolled, outcome)
-
-    def _enroll(self, scope: Scope, fields: dict[str, str]) -> dict[str, Any]:
-        return self.handlers.enroll_fields(fields["token"], fields["csr"])
-
-    def _renew(self, scope: Scope, fields: dict[str, str]) -> dict[str, Any]:
-        return self.handlers.renew_fields(scope, fields["csr"])
 
     def _prepare_enroll(self, scope: Scope, fields: dict[str, str]) -> PendingCertificate:
         return self.handlers.prepare_enroll(fields["token"], fields["csr"])
@@ -665,7 +658,6 @@ class _Endpoint(NamedTuple):
     route: Any
     limits: dict[str, int | None]
     kind: str  # the issuance metrics' label
-    core: Callable[[Scope, dict[str, str]], dict[str, Any]]
     prepare: Callable[[Scope, dict[str, str]], PendingCertificate]
 
 
@@ -685,13 +677,19 @@ class _Recorder:
 
     When the writer turn is not free in time (a CLI batch, a token being made), nothing
     was written: the items are recorded in the worker thread instead, where waiting
-    blocks no one. A request whose client went away is still recorded (it was decided);
-    nobody gets its certificate, and it can be revoked like any other.
+    blocks no one. On PostgreSQL (``inline`` False) every batch is recorded in a thread of
+    the loop's default executor: its statements are round trips, and a batch takes the
+    audit chain's head row lock once for all its certificates. A request whose client
+    went away is still recorded (it was decided); nobody gets its certificate, and it can
+    be revoked like any other.
     """
 
-    def __init__(self, service: EnrollmentService, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, service: EnrollmentService, executor: ThreadPoolExecutor | None, *, inline: bool
+    ) -> None:
         self.service = service
         self.executor = executor
+        self.inline = inline
         self.waiting: list[_Waiting] = []
         self._threads: set[asyncio.Task[None]] = set()  # strong references to running tasks
 
@@ -705,6 +703,9 @@ class _Recorder:
 
     def _flush(self) -> None:
         batch, self.waiting = self.waiting, []
+        if not self.inline:
+            self._in_thread(batch)
+            return
         try:
             results = self.service.record([p for p, _ in batch], writer_wait=INLINE_WRITER_WAIT)
         except WriterBusy:  # nothing was written

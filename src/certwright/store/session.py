@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import re
 import sqlite3
@@ -133,9 +134,16 @@ class Store:
         outside ``BEGIN`` in a transaction of its own): no ``BEGIN`` and ``ROLLBACK``
         around the one statement, and the pages its own writes just touched are still
         in its cache, where a separate reading connection has to read them again after
-        every commit. Elsewhere it is :meth:`read_connection`.
+        every commit. On PostgreSQL it is a pooled connection in autocommit: the one
+        statement is one round trip, where a transaction adds a ``BEGIN`` and a
+        ``ROLLBACK``. Elsewhere it is :meth:`read_connection`.
         """
-        pinned = self._pinned.get(write=True) if self._pinned is not None else None
+        if self._pinned is None:  # PostgreSQL: in autocommit, one round trip (no BEGIN, no ROLLBACK)
+            with self.translate_errors(), self.engine.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+                yield connection
+            return
+        pinned = self._pinned.get(write=True)
         if pinned is None or pinned.in_transaction():
             with self.read_connection() as connection:
                 yield connection
@@ -469,18 +477,54 @@ def _create_engine(url: URL, *, echo: bool) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         echo=echo,
-        # Replicas share one server: a small pool per process, checked before use so a
-        # restarted server or a dropped idle connection costs a reconnect, not a failed request.
+        # Replicas share one server: a small pool per process. A connection idle for a
+        # while is checked before use (_ping_if_idle), so a dropped idle connection costs a
+        # reconnect, not a failed request.
         pool_size=5,
         max_overflow=10,
         pool_timeout=30,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"connect_timeout": 10, "application_name": "certwright"},
     )
+    event.listen(engine, "connect", _note_idle)
+    event.listen(engine, "checkin", _note_idle)
+    event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
+    return engine
+
+
+# A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
+# SQLAlchemy's pool_pre_ping pings at every checkout: a round trip per transaction (two of
+# an enrolment's five). What drops connections is mostly idleness (a proxy's or firewall's
+# timeout, PostgreSQL's idle_session_timeout); a server restarted under load fails the
+# statements of the connections in use at that moment once (SQLAlchemy then invalidates
+# the whole pool, as it does for any disconnect), and the requests get a 503 to retry.
+PING_AFTER_IDLE = 5.0
+_IDLE_SINCE = "certwright_idle_since"
+
+
+def _note_idle(dbapi_connection: Any, record: Any) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(dialect: sa.Dialect, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    since = record.info.get(_IDLE_SINCE)
+    if since is not None and time.monotonic() - since < PING_AFTER_IDLE:
+        return
+    try:
+        dialect.do_ping(dbapi_connection)
+    except dialect.loaded_dbapi.Error as error:
+        if dialect.is_disconnect(error, dbapi_connection, None):
+            # The pool drops this connection and checks out another (a new one if need be).
+            raise exc.DisconnectionError(f"stale pooled connection: {_reason_of(error)}") from error
+        raise
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _reason_of(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
