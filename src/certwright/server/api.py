@@ -577,9 +577,8 @@ class _Direct:
     certificate signed); the certificates prepared in one turn of the loop are then
     recorded together, in one write transaction (:class:`_Recorder`), and each request
     is answered once that transaction has committed. On PostgreSQL, whose round trips
-    the loop must not wait for, each request is prepared in a thread of the loop's default
-    executor, and the requests prepared by one turn of the loop are recorded together in
-    another (transactions of different batches overlap).
+    the loop must not wait for, each request is prepared and recorded in a thread of the
+    loop's default executor (transactions overlap).
 
     A request that is not plainly well-formed (another content type, bad JSON, a missing,
     extra or mistyped field, a length over the limit) is handed to the FastAPI app with its
@@ -593,12 +592,10 @@ class _Direct:
         self.handlers = handlers
         self.inline = handlers.state.store.dialect == "sqlite"
         self._loop_keeps_connections = False
-        executor = None  # PostgreSQL: the loop's default executor (transactions overlap)
-        if self.inline:
-            # SQLite has one writer at a time (the store queues this process's writers): one
-            # worker thread records what could not be recorded in the loop, in arrival order.
-            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certwright-api-sqlite")
-        self.recorder = _Recorder(handlers.state.enrollment, executor, inline=self.inline)
+        # SQLite has one writer at a time (the store queues this process's writers): one
+        # worker thread records what could not be recorded in the loop, in arrival order.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certwright-api-sqlite")
+        self.recorder = _Recorder(handlers.state.enrollment, executor)
         routes = {getattr(r, "path", None): r for r in app.routes}
         # Per path: the route (its template labels the metrics, as Starlette's routing sets
         # it), the body's fields and their length limits, the metrics' kind, and the first
@@ -641,11 +638,19 @@ class _Direct:
                     self.handlers.state.store.keep_connections_in_this_thread()
                     self._loop_keeps_connections = True
                 pending = endpoint.prepare(scope, fields)
-            else:  # PostgreSQL: its reads are round trips the loop must not wait for
+                enrolled = await self.recorder.record(pending)
+            else:  # PostgreSQL: its statements are round trips the loop must not wait for
                 loop = asyncio.get_running_loop()
-                pending = await loop.run_in_executor(None, endpoint.prepare, scope, fields)
-            enrolled = await self.recorder.record(pending)
+                enrolled = await loop.run_in_executor(None, self._prepare_and_record, endpoint, scope, fields)
             return self.handlers._issued(enrolled, outcome)
+
+    def _prepare_and_record(self, endpoint: _Endpoint, scope: Scope, fields: dict[str, str]) -> Enrolled:
+        # One thread hop for the whole request: recording in a second hop, to gather the
+        # requests of one loop turn, cost more CPU than it saved (measured on PostgreSQL).
+        (result,) = self.handlers.state.enrollment.record([endpoint.prepare(scope, fields)])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _prepare_enroll(self, scope: Scope, fields: dict[str, str]) -> PendingCertificate:
         return self.handlers.prepare_enroll(fields["token"], fields["csr"])
@@ -677,19 +682,15 @@ class _Recorder:
 
     When the writer turn is not free in time (a CLI batch, a token being made), nothing
     was written: the items are recorded in the worker thread instead, where waiting
-    blocks no one. On PostgreSQL (``inline`` False) every batch is recorded in a thread of
-    the loop's default executor: its statements are round trips, and a batch takes the
-    audit chain's head row lock once for all its certificates. A request whose client
-    went away is still recorded (it was decided); nobody gets its certificate, and it can
-    be revoked like any other.
+    blocks no one. A request whose client went away is still recorded (it was decided);
+    nobody gets its certificate, and it can be revoked like any other. SQLite only:
+    on PostgreSQL each request is prepared and recorded in one thread hop (a second hop
+    to gather requests cost more than it saved).
     """
 
-    def __init__(
-        self, service: EnrollmentService, executor: ThreadPoolExecutor | None, *, inline: bool
-    ) -> None:
+    def __init__(self, service: EnrollmentService, executor: ThreadPoolExecutor) -> None:
         self.service = service
         self.executor = executor
-        self.inline = inline
         self.waiting: list[_Waiting] = []
         self._threads: set[asyncio.Task[None]] = set()  # strong references to running tasks
 
@@ -703,9 +704,6 @@ class _Recorder:
 
     def _flush(self) -> None:
         batch, self.waiting = self.waiting, []
-        if not self.inline:
-            self._in_thread(batch)
-            return
         try:
             results = self.service.record([p for p, _ in batch], writer_wait=INLINE_WRITER_WAIT)
         except WriterBusy:  # nothing was written

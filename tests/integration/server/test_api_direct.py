@@ -364,7 +364,7 @@ def test_a_writer_busy_past_the_whole_wait_is_a_503_and_keeps_the_token(
 
 @pytest.fixture(scope="module")
 def pg_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerState]:
-    """The same CA and API on a PostgreSQL inventory (the requests prepared and recorded in threads)."""
+    """The same CA and API on a PostgreSQL inventory (each request run in a thread)."""
     with postgres_database() as url:
         directory: Path = tmp_path_factory.mktemp("direct-pg")
         base_url = "http://127.0.0.1:8080"
@@ -381,8 +381,8 @@ def test_enrolments_arriving_together_are_recorded_in_one_transaction(
 ) -> None:
     """Requests whose bodies are in before the loop's next turn are signed one by one and
     recorded together; each gets its own outcome (here a token used twice: one 201, one 403).
-    On PostgreSQL each is prepared in a thread, so how many share a transaction depends on
-    when the threads finish: only the outcomes are checked there."""
+    On PostgreSQL each request is prepared and recorded in a thread of its own: the same
+    outcomes, in whatever order the threads commit."""
     state: ServerState = request.getfixturevalue(backend)
     sizes: list[int] = []
     original = EnrollmentService.record
