@@ -960,18 +960,24 @@ def _issued_serials(store: Store) -> list[int]:
         return sorted(session.scalars(sa.select(CertificateRecord.serial)).all())
 
 
-def test_record_stores_enrolments_and_renewals_prepared_apart_in_one_transaction(
-    enrollment: EnrollmentService, store: Store, enrolled: x509.Certificate
-) -> None:
+def _prepared(enrollment: EnrollmentService, prefix: str, count: int) -> tuple[list[Any], list[Any]]:
+    """``count`` tokens for identities ``/ns/<prefix><i>`` and an enrolment prepared with each."""
     created = [
         enrollment.create_token(
-            grant(f"spiffe://example.org/ns/batch{i}", dns=(), ips=()), ttl=TTL, actor="admin"
+            grant(f"spiffe://example.org/ns/{prefix}{i}", dns=(), ips=()), ttl=TTL, actor="admin"
         )
-        for i in range(3)
+        for i in range(count)
     ]
     pending = [
         enrollment.prepare_enrollment(c.secret, make_csr(), actor=f"e{i}") for i, c in enumerate(created)
     ]
+    return created, pending
+
+
+def test_record_stores_enrolments_and_renewals_prepared_apart_in_one_transaction(
+    enrollment: EnrollmentService, store: Store, enrolled: x509.Certificate
+) -> None:
+    created, pending = _prepared(enrollment, "batch", 3)
     pending.append(enrollment.prepare_renewal(enrolled, make_csr(uris=(WEB,)), actor="peer"))
     before = _issued_serials(store)
     assert before == [enrolled.serial_number]  # prepared: signed, nothing stored yet
@@ -1038,15 +1044,7 @@ def test_a_failure_inside_a_shared_transaction_costs_the_other_requests_nothing(
     """One item fails after it wrote (its certificate row cannot be inserted): the shared
     transaction rolls back whole, each item is recorded alone, and only the bad one fails,
     leaving no row and its token unused."""
-    created = [
-        enrollment.create_token(
-            grant(f"spiffe://example.org/ns/alone{i}", dns=(), ips=()), ttl=TTL, actor="admin"
-        )
-        for i in range(3)
-    ]
-    pending = [
-        enrollment.prepare_enrollment(c.secret, make_csr(), actor=f"e{i}") for i, c in enumerate(created)
-    ]
+    created, pending = _prepared(enrollment, "alone", 3)
     bad_serial = pending[1].issued.serial
     original = enrollment_module.add_certificate_row
 

@@ -11,17 +11,19 @@ without a failed request; one that was used a moment ago fails one statement, wi
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
-from certwright.store import Store, StoreError, open_store
+from certwright.store import Store, StoreError
 from certwright.store import session as session_module
 from certwright.store.bulk import Prepared
 from certwright.store.models import EnrollmentToken
 from support.postgres import PG_ADMIN
+
+# PostgreSQL only: the conftest's ``store`` on its PostgreSQL backend.
+pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
 
 _TOKENS = EnrollmentToken.__table__
 _COUNT = Prepared(sa.select(sa.func.count()).select_from(_TOKENS), columns=[sa.func.count()])
@@ -31,15 +33,6 @@ _BY_HASH = Prepared(
     ),
     columns=[_TOKENS.c.token_id],
 )
-
-
-@pytest.fixture
-def pg_store(postgres_url: str) -> Iterator[Store]:
-    opened = open_store(postgres_url, upgrade=True)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def _terminate_backends(store: Store) -> int:
@@ -66,30 +59,30 @@ def _backend_pid(store: Store) -> int:
 
 
 def test_an_idle_connection_killed_behind_the_pool_is_replaced_without_a_failed_request(
-    pg_store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert _count(pg_store) == 0
-    before = _backend_pid(pg_store)
-    assert _terminate_backends(pg_store) >= 1
+    assert _count(store) == 0
+    before = _backend_pid(store)
+    assert _terminate_backends(store) >= 1
     monkeypatch.setattr(session_module, "PING_AFTER_IDLE", 0.0)  # every checkout counts as idle
-    assert _count(pg_store) == 0  # the ping found it dead; the pool connected again
-    assert _backend_pid(pg_store) != before
+    assert _count(store) == 0  # the ping found it dead; the pool connected again
+    assert _backend_pid(store) != before
 
 
-def test_a_connection_killed_just_after_use_fails_one_request_and_writes_nothing(pg_store: Store) -> None:
+def test_a_connection_killed_just_after_use_fails_one_request_and_writes_nothing(store: Store) -> None:
     """Within the idle window there is no ping: the statement meets the dead connection,
     the caller gets a StoreError (a 503 at the API), nothing is written, and the next
     request runs on a new connection."""
-    assert _count(pg_store) == 0
-    _backend_pid(pg_store)  # used a moment ago: no ping at the next checkout
-    assert _terminate_backends(pg_store) >= 1
+    assert _count(store) == 0
+    _backend_pid(store)  # used a moment ago: no ping at the next checkout
+    assert _terminate_backends(store) >= 1
     secret_hash = hashlib.sha256(b"lost").digest()
     with (
         pytest.raises(StoreError, match=r"terminat|closed|connection"),
-        pg_store.write_connection() as connection,
+        store.write_connection() as connection,
     ):
         _BY_HASH.rows(connection, {"h": secret_hash})
-    assert _count(pg_store) == 0
-    with pg_store.write_connection() as connection:
+    assert _count(store) == 0
+    with store.write_connection() as connection:
         assert _BY_HASH.rows(connection, {"h": secret_hash}) == []
-    assert _count(pg_store) == 0
+    assert _count(store) == 0
