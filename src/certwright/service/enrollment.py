@@ -535,6 +535,12 @@ class EnrollmentService:
         others nothing; its exception is then its item. ``writer_wait``: see
         :meth:`enroll`; :class:`WriterBusy` is raised before anything is written, or (in
         that fallback) is the item of each certificate that was not tried.
+
+        Example::
+
+            >>> pending = [service.prepare_enrollment(s, c, actor="api") for s, c in asks]  # doctest: +SKIP
+            >>> for outcome in service.record(pending):                               # doctest: +SKIP
+            ...     print(outcome.certificate.serial_number if isinstance(outcome, Enrolled) else outcome)
         """
         if len(pending) > 1:
             try:

@@ -137,6 +137,11 @@ class Store:
         every commit. On PostgreSQL it is a pooled connection in autocommit: the one
         statement is one round trip, where a transaction adds a ``BEGIN`` and a
         ``ROLLBACK``. Elsewhere it is :meth:`read_connection`.
+
+        Example::
+
+            >>> with store.statement_connection() as connection:        # doctest: +SKIP
+            ...     state = token_state(connection, secret_hash)          # one SELECT
         """
         if self._pinned is None:  # PostgreSQL: in autocommit, one round trip (no BEGIN, no ROLLBACK)
             with self.translate_errors(), self.engine.connect() as connection:
