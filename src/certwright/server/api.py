@@ -280,24 +280,19 @@ class _Handlers:
 
     def enroll(self, body: EnrollIn, request: Request) -> dict[str, Any]:
         """Redeem a token: the CSR's key gets a certificate for the token's identity."""
-        return self.enroll_fields(body.token, body.csr)
+        with self._observed("enroll") as outcome:
+            enrolled = self.state.enrollment.record_one(self.prepare_enroll(body.token, body.csr))
+            return self._issued(enrolled, outcome)
 
     def renew(self, body: RenewIn, request: Request) -> dict[str, Any]:
         """A successor for the certificate presented on this connection (same identity)."""
-        return self.renew_fields(request.scope, body.csr)
-
-    # The cores of enrol and renew, for the FastAPI routes (the requests _Direct hands over):
-    # blocking (database), so FastAPI runs them in a worker thread. They return IssuedOut's
-    # fields.
-
-    def enroll_fields(self, token: str, csr_pem: str) -> dict[str, Any]:
-        with self._observed("enroll") as outcome:
-            csr = _parse_csr(csr_pem)
-            enrolled = self.state.enrollment.enroll(token, csr, actor="api:enroll")
+        with self._observed("renew") as outcome:
+            enrolled = self.state.enrollment.record_one(self.prepare_renew(request.scope, body.csr))
             return self._issued(enrolled, outcome)
 
-    # The first halves of the two cores, for the direct path, which records what several
-    # requests prepared in one transaction (_Recorder).
+    # The first halves of enrol and renew, shared by the FastAPI routes above (the requests
+    # _Direct hands over; FastAPI runs them in a worker thread) and the direct path, which
+    # records what several requests prepared in one transaction (_Recorder).
 
     def prepare_enroll(self, token: str, csr_pem: str) -> PendingCertificate:
         return self.state.enrollment.prepare_enrollment(token, _parse_csr(csr_pem), actor="api:enroll")
@@ -307,14 +302,6 @@ class _Handlers:
         csr = _parse_csr(csr_pem)
         # The identity comes from the verified certificate, never from the request.
         return self.state.enrollment.prepare_renewal(peer.certificate, csr, actor=_actor(peer))
-
-    def renew_fields(self, scope: Scope, csr_pem: str) -> dict[str, Any]:
-        with self._observed("renew") as outcome:
-            peer = self.access.authorize(scope)
-            csr = _parse_csr(csr_pem)
-            # The identity comes from the verified certificate, never from the request.
-            enrolled = self.state.enrollment.renew(peer.certificate, csr, actor=_actor(peer))
-            return self._issued(enrolled, outcome)
 
     def _grant(self, body: TokenIn) -> TokenGrant:
         # The service checks the grant against the profile and the trust domain (CA
@@ -590,12 +577,13 @@ class _Direct:
     def __init__(self, app: FastAPI, handlers: _Handlers) -> None:
         self.app = app
         self.handlers = handlers
-        self.inline = handlers.state.store.dialect == "sqlite"
         self._loop_keeps_connections = False
-        # SQLite has one writer at a time (the store queues this process's writers): one
-        # worker thread records what could not be recorded in the loop, in arrival order.
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certwright-api-sqlite")
-        self.recorder = _Recorder(handlers.state.enrollment, executor)
+        self.recorder: _Recorder | None = None  # SQLite only: PostgreSQL runs each request in a thread
+        if handlers.state.store.dialect == "sqlite":
+            # SQLite has one writer at a time (the store queues this process's writers): one
+            # worker thread records what could not be recorded in the loop, in arrival order.
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certwright-api-sqlite")
+            self.recorder = _Recorder(handlers.state.enrollment, executor)
         routes = {getattr(r, "path", None): r for r in app.routes}
         # Per path: the route (its template labels the metrics, as Starlette's routing sets
         # it), the body's fields and their length limits, the metrics' kind, and the first
@@ -633,7 +621,7 @@ class _Direct:
 
     async def _run(self, endpoint: _Endpoint, scope: Scope, fields: dict[str, str]) -> dict[str, Any]:
         with self.handlers._observed(endpoint.kind) as outcome:
-            if self.inline:
+            if self.recorder is not None:
                 if not self._loop_keeps_connections:  # the loop's thread: first request
                     self.handlers.state.store.keep_connections_in_this_thread()
                     self._loop_keeps_connections = True
@@ -647,10 +635,7 @@ class _Direct:
     def _prepare_and_record(self, endpoint: _Endpoint, scope: Scope, fields: dict[str, str]) -> Enrolled:
         # One thread hop for the whole request: recording in a second hop, to gather the
         # requests of one loop turn, cost more CPU than it saved (measured on PostgreSQL).
-        (result,) = self.handlers.state.enrollment.record([endpoint.prepare(scope, fields)])
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return self.handlers.state.enrollment.record_one(endpoint.prepare(scope, fields))
 
     def _prepare_enroll(self, scope: Scope, fields: dict[str, str]) -> PendingCertificate:
         return self.handlers.prepare_enroll(fields["token"], fields["csr"])

@@ -212,13 +212,6 @@ class _Refused(Exception):
         self.error = error
 
 
-def _one(results: list[Enrolled | Exception]) -> Enrolled:
-    (result,) = results
-    if isinstance(result, Exception):
-        raise result
-    return result
-
-
 class _Asked(NamedTuple):
     """The names a CSR asks for, normalised as the inventory stores them."""
 
@@ -385,7 +378,7 @@ class EnrollmentService:
         ``writer_wait``: see :meth:`~certwright.store.Store.write_connection` (``WriterBusy``,
         raised before anything is written).
         """
-        return _one(self.record([self.prepare_enrollment(secret, csr, actor=actor)], writer_wait=writer_wait))
+        return self.record_one(self.prepare_enrollment(secret, csr, actor=actor), writer_wait=writer_wait)
 
     def prepare_enrollment(
         self, secret: str, csr: x509.CertificateSigningRequest, *, actor: str
@@ -454,7 +447,7 @@ class EnrollmentService:
         expired, without a profile; the CSR asks for another identity or more names) or
         :class:`InvalidCSRError`. ``writer_wait``: as for :meth:`enroll`.
         """
-        return _one(self.record([self.prepare_renewal(presented, csr, actor=actor)], writer_wait=writer_wait))
+        return self.record_one(self.prepare_renewal(presented, csr, actor=actor), writer_wait=writer_wait)
 
     def prepare_renewal(
         self, presented: x509.Certificate, csr: x509.CertificateSigningRequest, *, actor: str
@@ -560,6 +553,13 @@ class EnrollmentService:
             except Exception as exc:  # the item's own outcome, as enroll() and renew() raise it
                 results.append(exc)
         return results
+
+    def record_one(self, pending: PendingCertificate, *, writer_wait: float | None = None) -> Enrolled:
+        """:meth:`record` for one certificate: its :class:`Enrolled`, or its refusal raised."""
+        (result,) = self.record([pending], writer_wait=writer_wait)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _record_together(
         self, pending: Sequence[PendingCertificate], writer_wait: float | None

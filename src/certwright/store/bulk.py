@@ -148,9 +148,8 @@ def run_driver_sql(
     On the driver's connection itself, skipping SQLAlchemy's per-statement execution
     context (~15 us of a ~20 us statement on SQLite, ~60 us on PostgreSQL); driver
     errors are wrapped as SQLAlchemy wraps them (``IntegrityError``,
-    ``OperationalError``). SQLite has no disconnects to detect; on PostgreSQL a lost
-    connection invalidates the Connection, as ``exec_driver_sql`` would
-    (:func:`_run_psycopg`). Not echoed by ``echo=True``.
+    ``OperationalError``), and a lost connection invalidates the Connection, as
+    ``exec_driver_sql`` would (:func:`_run`). Not echoed by ``echo=True``.
     """
     connection, driver = _connection_of(session)
     return _run(connection, driver, sql, params, many=many)
@@ -159,32 +158,15 @@ def run_driver_sql(
 def _run(
     connection: sa.Connection, driver: Any, sql: str, params: Params | list[Params], *, many: bool
 ) -> list[Any] | None:
-    if driver is None:
-        return _run_psycopg(connection, sql, params, many=many)
-    base_error = connection.dialect.loaded_dbapi.Error
-    try:
-        cursor = driver.executemany(sql, params) if many else driver.execute(sql, params)
-        return cursor.fetchall() if cursor.description is not None else None
-    except base_error as error:
-        raise exc.DBAPIError.instance(
-            sql, params, error, base_error, dialect=connection.dialect, ismulti=many
-        ) from error
+    """Run ``sql`` on ``driver`` (the DBAPI connection of ``connection``, in its transaction).
 
-
-def _run_psycopg(
-    connection: sa.Connection, sql: str, params: Params | list[Params], *, many: bool
-) -> list[Any] | None:
-    """:func:`_run` on PostgreSQL: on the psycopg connection, in the Connection's transaction.
-
-    What ``exec_driver_sql`` would do, without its execution context (~60 us a
-    statement): a driver error is wrapped as SQLAlchemy wraps it, and a lost connection
-    invalidates the Connection (and so, as SQLAlchemy does, the pool's older connections).
+    What ``exec_driver_sql`` would do, without its execution context: a driver error is
+    wrapped as SQLAlchemy wraps it, and a lost connection invalidates ``connection`` (and
+    so, as SQLAlchemy does, the pool's older connections).
     """
-    dbapi_connection = connection.connection.driver_connection
-    assert dbapi_connection is not None
     dialect = connection.dialect
     base_error = dialect.loaded_dbapi.Error
-    cursor = dbapi_connection.cursor()
+    cursor = driver.cursor()
     try:
         if many:
             cursor.executemany(sql, params)
@@ -192,7 +174,7 @@ def _run_psycopg(
             cursor.execute(sql, params)
         return cursor.fetchall() if cursor.description is not None else None
     except base_error as error:
-        lost = dialect.is_disconnect(error, dbapi_connection, cursor)
+        lost = dialect.is_disconnect(error, driver, cursor)
         if lost:
             connection.invalidate(error)
         raise exc.DBAPIError.instance(
@@ -307,7 +289,7 @@ _CONNECTION_KEY = "certwright.bulk.connection"
 
 
 def _connection_of(session: InTransaction) -> tuple[sa.Connection, Any]:
-    """The session's Connection, and on SQLite its sqlite3 connection (else None).
+    """The session's Connection and its DBAPI connection (sqlite3's or psycopg's).
 
     ``Session.connection()`` costs ~10 us a call; within one transaction the Session keeps
     one Connection, so it is looked up once per transaction (keyed by the transaction
@@ -315,13 +297,13 @@ def _connection_of(session: InTransaction) -> tuple[sa.Connection, Any]:
     transactions, :meth:`~certwright.store.Store.write_connection`) is used as it is.
     """
     if isinstance(session, sa.Connection):
-        return session, session.connection.driver_connection if session.dialect.name == "sqlite" else None
+        return session, session.connection.driver_connection
     transaction = session.get_transaction()
     cached = session.info.get(_CONNECTION_KEY)
     if cached is not None and transaction is not None and cached[0] is transaction:
         return cached[1], cached[2]
     connection = session.connection()  # begins the transaction if needed
-    driver = connection.connection.driver_connection if connection.dialect.name == "sqlite" else None
+    driver = connection.connection.driver_connection
     session.info[_CONNECTION_KEY] = (session.get_transaction(), connection, driver)
     return connection, driver
 

@@ -523,13 +523,9 @@ def _ping_if_idle(dialect: sa.Dialect, dbapi_connection: Any, record: Any, proxy
     except dialect.loaded_dbapi.Error as error:
         if dialect.is_disconnect(error, dbapi_connection, None):
             # The pool drops this connection and checks out another (a new one if need be).
-            raise exc.DisconnectionError(f"stale pooled connection: {_reason_of(error)}") from error
+            raise exc.DisconnectionError(f"stale pooled connection: {_one_line(error)}") from error
         raise
     record.info[_IDLE_SINCE] = time.monotonic()
-
-
-def _reason_of(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -617,5 +613,9 @@ def _refused_access(error: exc.DBAPIError) -> bool:
 
 def _reason(error: exc.DBAPIError) -> str:
     """The driver's one-line reason, without SQLAlchemy's statement dump."""
-    text = " ".join(str(error.orig).split()) if error.orig is not None else str(error)
-    return text or type(error.orig).__name__
+    return _one_line(error.orig) if error.orig is not None else str(error)
+
+
+def _one_line(error: BaseException) -> str:
+    """A driver error's message on one line (its type's name when it has none)."""
+    return " ".join(str(error).split()) or type(error).__name__

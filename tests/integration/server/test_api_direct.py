@@ -33,7 +33,7 @@ from fastapi.testclient import TestClient
 from certwright.server.api import INLINE_WRITER_WAIT, IssuedOut, create_api
 from certwright.server.problems import PROBLEM_BASE, PROBLEM_JSON
 from certwright.server.state import ServerState
-from certwright.service.enrollment import Enrolled, EnrollmentService, TokenGrant
+from certwright.service.enrollment import EnrollmentService, TokenGrant
 from certwright.store import StoreError
 from certwright.store import session as session_module
 from certwright.store.session import WRITER_LOCK_SUFFIX
@@ -223,16 +223,6 @@ def test_refusals_on_the_direct_path_keep_the_token(state: ServerState, csr: str
 class _Failing:
     def __init__(self, error: Exception) -> None:
         self.error = error
-
-    def enroll(
-        self,
-        secret: str,
-        csr: x509.CertificateSigningRequest,
-        *,
-        actor: str,
-        writer_wait: float | None = None,
-    ) -> Enrolled:
-        raise self.error
 
     def prepare_enrollment(self, secret: str, csr: x509.CertificateSigningRequest, *, actor: str) -> Any:
         raise self.error

@@ -2,7 +2,7 @@
 
 The pool pings a connection before handing it out only when it has been idle for
 ``PING_AFTER_IDLE`` seconds (not at every checkout), and the request path runs its
-statements on the psycopg connection itself (``bulk._run_psycopg``). Each backend is
+statements on the psycopg connection itself (``bulk._run``). Each backend is
 killed for real with ``pg_terminate_backend``: a stale idle connection must be replaced
 without a failed request; one that was used a moment ago fails one statement, with a
 ``StoreError``, writes nothing, and the next request gets a fresh connection.
