@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import CounterMetricFamily
@@ -74,6 +75,10 @@ class Metrics:
         if multiprocess_dir is not None:
             _use_multiprocess_values(multiprocess_dir)
         self.registry = CollectorRegistry(auto_describe=True)
+        # Label sets seen, with their metric children: ``labels()`` takes a lock and checks
+        # every value again on each call (~6 us of a request's two observations).
+        self._issuance_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._http_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         self._profiles = frozenset(profiles) if profiles is not None else None
         self.issuance = Counter(
             "certwright_issuance",
@@ -155,13 +160,20 @@ class Metrics:
         ``kind`` is ``enroll``, ``renew`` or ``token``; ``outcome`` is ``ok``, ``refused``
         (the request was not allowed: a 4xx problem) or ``error`` (the server failed).
         """
-        if kind not in ISSUANCE_KINDS:
-            raise ValueError(f"issuance kind must be one of {sorted(ISSUANCE_KINDS)}, not {kind!r}")
-        if outcome not in OUTCOMES:
-            raise ValueError(f"issuance outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
-        label = self._profile_label(profile)
-        self.issuance.labels(kind, label, outcome).inc()
-        self.issuance_seconds.labels(kind, label, outcome).observe(max(seconds, 0.0))
+        children = self._issuance_children.get((kind, profile, outcome))
+        if children is None:
+            if kind not in ISSUANCE_KINDS:
+                raise ValueError(f"issuance kind must be one of {sorted(ISSUANCE_KINDS)}, not {kind!r}")
+            if outcome not in OUTCOMES:
+                raise ValueError(f"issuance outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
+            label = self._profile_label(profile)
+            children = (
+                self.issuance.labels(kind, label, outcome),
+                self.issuance_seconds.labels(kind, label, outcome),
+            )
+            _remember(self._issuance_children, (kind, profile, outcome), children)
+        children[0].inc()
+        children[1].observe(max(seconds, 0.0))
 
     def observe_ocsp(self, status: str) -> None:
         """Count one OCSP response: ``good``, ``revoked``, ``unknown``, or the unsuccessful
@@ -180,8 +192,16 @@ class Metrics:
     def observe_http(self, listener: str, method: str, route: str, status: int, seconds: float) -> None:
         """Count one HTTP request; ``route`` is the route template, or ``other`` for no route."""
         method = method if method in HTTP_METHODS else OTHER  # clients choose methods: bound them
-        self.http_requests.labels(listener, method, route, str(status)).inc()
-        self.http_seconds.labels(listener, route).observe(max(seconds, 0.0))
+        key = (listener, method, route, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(listener, method, route, str(status)),
+                self.http_seconds.labels(listener, route),
+            )
+            _remember(self._http_children, key, children)
+        children[0].inc()
+        children[1].observe(max(seconds, 0.0))
 
     def track_ocsp_cache(self, stats: Callable[[], OCSPStats]) -> None:
         """Expose the OCSP responder's own counters (cache hits, signatures) at scrape time."""
@@ -282,3 +302,12 @@ class HTTPMetricsMiddleware:
             self.metrics.observe_http(
                 self.listener, scope["method"], route or OTHER, status, time.perf_counter() - started
             )
+
+
+_CHILDREN_LIMIT = 4096  # label sets remembered per family (routes and statuses are bounded; be safe)
+
+
+def _remember(cache: dict[Any, Any], key: Any, children: Any) -> None:
+    if len(cache) >= _CHILDREN_LIMIT:
+        cache.clear()
+    cache[key] = children

@@ -218,8 +218,16 @@ class Prepared:
         rows = _run(connection, driver, form.sql, form.encode(params or {}), many=False)
         if not rows:
             return []
-        decode = form.decoders
-        return [tuple(v if f is None else f(v) for f, v in zip(decode, row, strict=True)) for row in rows]
+        decode = form.decode_at
+        if not decode:
+            return [tuple(row) for row in rows]
+        decoded = []
+        for row in rows:
+            values = list(row)
+            for at, process in decode:
+                values[at] = process(values[at])
+            decoded.append(tuple(values))
+        return decoded
 
 
 class _PreparedForm:
@@ -250,7 +258,9 @@ class _PreparedForm:
             for name, bind in zip(names, binds, strict=True)
             if name not in self.fixed
         )
-        self.decoders = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
+        self.decoders = tuple(_decoder(c.type, dialect) for c in columns)
+        # The columns that need decoding, by position (most values come as the driver reads them).
+        self.decode_at = tuple((at, f) for at, f in enumerate(self.decoders) if f is not None)
         # Positional parameters (SQLite): per position, the caller's name and its processor,
         # or a literal's encoded value (name None); a name may occur twice (the same value
         # in WHERE and SET).
@@ -278,6 +288,49 @@ class _PreparedForm:
         if self.fixed:
             encoded.update(self.fixed)
         return encoded
+
+
+def _decoder(column_type: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+    process = column_type.dialect_impl(dialect).result_processor(dialect, None)
+    if process is None or not isinstance(column_type, sa.JSON):
+        return process
+    return _memoized_json(process)
+
+
+def _memoized_json(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A JSON column's ``process`` remembering the texts it decoded.
+
+    Tokens repeat their JSON texts (most carry no DNS names, IPs or attributes; a fleet
+    has few role lists) and a token is read twice per enrolment (the read that decides,
+    the redemption that confirms): 4 texts a read, ~3 us each through json and
+    SQLAlchemy's wrappers. Only flat values are kept (lists of strings, objects of
+    string values), and each caller gets its own shallow copy, so no caller can change
+    what another reads.
+    """
+    memo: dict[str, list[str] | dict[str, str]] = {}
+
+    def decode(value: Any) -> Any:
+        if type(value) is not str:  # a driver that decodes JSON itself, or NULL
+            return process(value)
+        cached = memo.get(value)
+        if cached is None:
+            decoded = process(value)
+            if not _flat(decoded):
+                return decoded
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            cached = memo[value] = decoded
+        return list(cached) if isinstance(cached, list) else dict(cached)
+
+    return decode
+
+
+def _flat(value: Any) -> bool:
+    if type(value) is list:
+        return all(type(item) is str for item in value)
+    if type(value) is dict:
+        return all(type(item) is str for item in value.values())
+    return False
 
 
 def _encoded(value: Any, column_type: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> Any:

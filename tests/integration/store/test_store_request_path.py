@@ -234,6 +234,25 @@ def test_append_events_of_one_event_chains_with_append_event(store: Store) -> No
     assert report.ok, report
 
 
+def test_prepared_json_values_are_decoded_once_and_never_shared(store: Store) -> None:
+    # JSON texts repeat across tokens, so their decoded values are remembered: each read
+    # must still get values of its own (a caller changing one changes no other read).
+    tokens = EnrollmentToken.__table__
+    assert isinstance(tokens, sa.Table)
+    new_token(store)
+    query = Prepared(
+        sa.select(tokens.c.dns, tokens.c.attributes, tokens.c.roles).where(tokens.c.token_id == "t1"),
+        columns=[tokens.c.dns, tokens.c.attributes, tokens.c.roles],
+    )
+    with store.read() as session:
+        ((dns, attributes, roles),) = query.rows(session)
+        assert (dns, attributes, roles) == (GRANT["dns"], GRANT["attributes"], GRANT["roles"])
+        dns.append("evil.example.org")
+        attributes["team"] = "changed"
+        roles.clear()
+        assert query.rows(session) == [(GRANT["dns"], GRANT["attributes"], GRANT["roles"])]
+
+
 def test_prepared_binds_literals_and_repeated_names_and_decodes_rows(store: Store) -> None:
     tokens = EnrollmentToken.__table__
     assert isinstance(tokens, sa.Table)

@@ -51,6 +51,27 @@ def test_label_values_are_bounded() -> None:
         metrics.observe_issuance("enroll", "mtls", "maybe", 0.0)
 
 
+def test_repeated_label_sets_count_each_observation_and_bad_values_stay_refused() -> None:
+    # Label sets seen are remembered with their metric children: the counts must still add
+    # up, and a bad value must be refused every time, not only the first.
+    metrics = Metrics(profiles=["mtls"], process=False)
+    for _ in range(3):
+        metrics.observe_issuance("enroll", "mtls", "ok", 0.001)
+        metrics.observe_http("api", "POST", "/v1/enroll", 201, 0.001)
+    metrics.observe_http("api", "POST", "/v1/enroll", 400, 0.001)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="outcome"):
+            metrics.observe_issuance("enroll", "mtls", "maybe", 0.0)
+    found = samples(metrics)
+    enrolled = (("kind", "enroll"), ("outcome", "ok"), ("profile", "mtls"))
+    assert found[("certwright_issuance_total", enrolled)] == 3
+    http = (("listener", "api"), ("method", "POST"), ("route", "/v1/enroll"))
+    assert found[("certwright_http_requests_total", (*http, ("status", "201")))] == 3
+    assert found[("certwright_http_requests_total", (*http, ("status", "400")))] == 1
+    timed = (("listener", "api"), ("route", "/v1/enroll"))
+    assert found[("certwright_http_request_seconds_count", timed)] == 4
+
+
 def test_each_metrics_object_has_its_own_registry() -> None:
     first, second = Metrics(process=False), Metrics(process=False)
     first.observe_ocsp("good")
