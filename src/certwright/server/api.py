@@ -91,9 +91,12 @@ MAX_PAGE = 1000
 # client that writes its whole body first still reads the answer (nginx's lingering close).
 DRAIN_LIMIT = 1 << 20
 _UNKNOWN_PROFILE = "unknown"
-# How long an enrolment or renewal run in the event loop may wait for SQLite's writer turn
-# before it gives up (nothing written) and runs in the worker thread instead.
+# How long enrolments and renewals prepared in the event loop may wait there for SQLite's
+# writer turn before they give up (nothing written) and are recorded in the worker thread.
 INLINE_WRITER_WAIT = 0.02
+# While another writer holds the turn, the loop tries again this often; it serves requests
+# in between (they join the waiting batch) instead of blocking on the lock.
+WRITER_RETRY = 0.0002
 
 # -- request and response models (the OpenAPI document is generated from them) -------------
 
@@ -659,15 +662,18 @@ class _Recorder:
 
     Requests whose bodies arrive together are prepared one after the other in the same
     turn; the first schedules a flush for the next turn, which hands them all to
-    :meth:`EnrollmentService.record`: one writer turn (taken in the loop, as any inline
-    write, for at most ``INLINE_WRITER_WAIT``), one head of the audit chain, one commit.
-    Each request then gets its own outcome: its certificate, committed, or the refusal
-    of its own item. Under load that spares most of the per-transaction work and the
-    waits for the other processes' writer turn; a lone request is recorded at once.
+    :meth:`EnrollmentService.record`: one writer turn, one head of the audit chain, one
+    commit. Each request then gets its own outcome: its certificate, committed, or the
+    refusal of its own item. Under load that spares most of the per-transaction work; a
+    lone request is recorded at once.
 
-    When the writer turn is not free in time (a CLI batch, a token being made), nothing
-    was written: the items are recorded in the worker thread instead, where waiting
-    blocks no one. A request whose client went away is still recorded (it was decided);
+    The flush only tries the writer turn, never waits for it in the loop: when another
+    writer holds it (the other worker processes, a CLI batch, a token being made),
+    nothing was written, the batch stays, and the flush tries again every
+    ``WRITER_RETRY`` while the loop goes on serving; the requests prepared meanwhile
+    join the batch (a group commit that happens only when writers contend). After
+    ``INLINE_WRITER_WAIT`` the batch is recorded in the worker thread instead, where
+    waiting blocks no one. A request whose client went away is still recorded (it was decided);
     nobody gets its certificate, and it can be revoked like any other. SQLite only:
     on PostgreSQL each request is prepared and recorded in one thread hop (a second hop
     to gather requests cost more than it saved).
@@ -677,6 +683,7 @@ class _Recorder:
         self.service = service
         self.executor = executor
         self.waiting: list[_Waiting] = []
+        self._busy_since: float | None = None  # loop time the waiting batch first found the turn taken
         self._threads: set[asyncio.Task[None]] = set()  # strong references to running tasks
 
     def record(self, pending: PendingCertificate) -> asyncio.Future[Enrolled]:
@@ -690,11 +697,12 @@ class _Recorder:
     def _flush(self) -> None:
         batch, self.waiting = self.waiting, []
         try:
-            results = self.service.record([p for p, _ in batch], writer_wait=INLINE_WRITER_WAIT)
+            results = self.service.record([p for p, _ in batch], writer_wait=0.0)
         except WriterBusy:  # nothing was written
-            self._in_thread(batch)
+            self._wait_for_turn(batch)
             return
         except Exception as exc:  # the database could not be used: every request says so
+            self._busy_since = None
             for _, future in batch:
                 _settle(future, exc)
             return
@@ -702,8 +710,25 @@ class _Recorder:
         for (_, future), result in zip(batch, results, strict=True):
             if not isinstance(result, WriterBusy):
                 _settle(future, result)
-        if busy:
-            self._in_thread(busy)
+        if busy:  # one request alone, or those a failed batch left untried: nothing of theirs written
+            self._wait_for_turn(busy)
+        else:
+            self._busy_since = None
+
+    def _wait_for_turn(self, batch: list[_Waiting]) -> None:
+        """Keep ``batch`` (nothing of it written) and try again shortly, or hand it to the
+        worker thread once it has waited ``INLINE_WRITER_WAIT`` in the loop."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._busy_since is None:
+            self._busy_since = now
+        if now - self._busy_since >= INLINE_WRITER_WAIT:
+            self._busy_since = None
+            self._in_thread(batch)
+            return
+        if not self.waiting:  # else a flush is already due for the requests that came meanwhile
+            loop.call_later(WRITER_RETRY, self._flush)
+        self.waiting[:0] = batch  # first in the next transaction: they came first
 
     def _in_thread(self, batch: list[_Waiting]) -> None:
         task = asyncio.get_running_loop().create_task(self._record_in_thread(batch))

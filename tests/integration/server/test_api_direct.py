@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 
+from certwright.server import api as api_module
 from certwright.server.api import INLINE_WRITER_WAIT, IssuedOut, create_api
 from certwright.server.problems import PROBLEM_BASE, PROBLEM_JSON
 from certwright.server.state import ServerState
@@ -325,6 +326,69 @@ def test_an_enrolment_waits_in_the_worker_thread_when_another_process_writes(sta
     # One outcome for one request: the abandoned inline attempt is not counted as an error.
     assert _issuance_count(state, "enroll", "ok") == ok_before + 1
     assert _issuance_count(state, "enroll", "error") == errors_before
+
+
+def test_requests_arriving_while_another_process_writes_wait_in_the_loop_and_commit_together(
+    state: ServerState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: while another process holds the writers' lock, the loop does not block on it:
+    the prepared request waits (nothing written), the loop serves the next request, which
+    joins it, and both are recorded in one transaction once the lock is free (no thread)."""
+    monkeypatch.setattr(api_module, "INLINE_WRITER_WAIT", 60.0)  # never the thread, however slow the machine
+    attempts: list[tuple[int, str]] = []  # (batch size, outcome) of each recording attempt
+    original = EnrollmentService.record
+
+    def record(self: EnrollmentService, pending: Any, *, writer_wait: float | None = None) -> Any:
+        try:
+            results = original(self, pending, writer_wait=writer_wait)
+        except Exception as exc:
+            attempts.append((len(pending), type(exc).__name__))
+            raise
+        attempts.append((len(pending), ",".join(sorted({type(r).__name__ for r in results}))))
+        return results
+
+    threads: list[int] = []
+    monkeypatch.setattr(EnrollmentService, "record", record)
+    monkeypatch.setattr(api_module._Recorder, "_in_thread", lambda self, batch: threads.append(len(batch)))
+    names = ["direct/wait-a", "direct/wait-b"]
+    bodies = [
+        {
+            "token": _token(state, name),
+            "csr": _csr(ec.generate_private_key(ec.SECP256R1()), f"spiffe://{TD}/{name}"),
+        }
+        for name in names
+    ]
+    lock_path = f"{state.store.engine.url.database}{WRITER_LOCK_SUFFIX}"
+    fd = os.open(lock_path, os.O_RDWR)  # another open file: competes as another process would
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+    async def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, attempts
+            await asyncio.sleep(0.001)
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=create_api(state))
+        async with httpx.AsyncClient(transport=transport, base_url="https://ca.test") as client:
+            first = asyncio.create_task(client.post("/v1/enroll", json=bodies[0]))
+            await until(lambda: (1, "WriterBusy") in attempts)  # prepared, found the turn taken
+            second = asyncio.create_task(client.post("/v1/enroll", json=bodies[1]))
+            await until(lambda: (2, "WriterBusy") in attempts)  # joined the waiting request
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return list(await asyncio.gather(first, second))
+
+    try:
+        responses = asyncio.run(scenario())
+    finally:
+        os.close(fd)
+    assert [r.status_code for r in responses] == [201, 201], [r.text for r in responses]
+    assert attempts[-1] == (2, "Enrolled")  # one transaction for both
+    assert {outcome for _, outcome in attempts[:-1]} == {"WriterBusy"}  # nothing written before
+    assert threads == []
+    for response, name in zip(responses, names, strict=True):
+        stored = state.certificates.get(int(response.json()["serial"], 16))
+        assert stored is not None and stored.identity == f"spiffe://{TD}/{name}"
 
 
 def test_a_writer_busy_past_the_whole_wait_is_a_503_and_keeps_the_token(
