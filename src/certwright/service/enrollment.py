@@ -63,7 +63,6 @@ from certwright.store.tokens import (
     TokenState,
     held,
     insert_token,
-    link_certificate,
     lock_held,
     purge_expired,
     redeem,
@@ -625,9 +624,7 @@ class EnrollmentService:
             created_at=item.at,
         )
         fields["renewed_from_id"] = link.renewed_from_pk
-        certificate_pk = add_certificate_row(session, (fields, names))
-        if link.token_pk is not None:
-            link_certificate(session, link.token_pk, certificate_pk)
+        add_certificate_row(session, (fields, names), link_token=link.token_pk)
         details = {**issuance_details(fields, item.profile), **link.extra}
         return EventSpec(AuditKind.ISSUED, item.actor, item.at, format(issued.serial, "x"), details)
 

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from certwright.store.bulk import InTransaction, Prepared, RowEncoder, dialect_of
+from certwright.store.bulk import InTransaction, Prepared, RowEncoder, dialect_of, link_token_to
 from certwright.store.models import CertificateRecord, CertificateStatus, EnrollmentToken
 from certwright.x509.revocation_reason import RevocationReason
 
@@ -182,11 +182,6 @@ _REDEEM = Prepared(
     .returning(*_REDEEMED_COLUMNS),
     columns=_REDEEMED_COLUMNS,
 )
-_LINK = Prepared(
-    _TOKENS.update()
-    .where(_TOKENS.c.id == sa.bindparam("token_pk", type_=_TOKENS.c.id.type))
-    .values(certificate_id=sa.bindparam("certificate_pk", type_=_TOKENS.c.certificate_id.type))
-)
 _HELD_COLUMNS = [_CERTIFICATES.c[name] for name in HeldCertificate._fields]
 _HELD_QUERY = sa.select(*_HELD_COLUMNS).where(
     _CERTIFICATES.c.fingerprint_sha256
@@ -315,8 +310,11 @@ def certificate_status(session: InTransaction, serial: int, issuer_key_id: bytes
 
 
 def link_certificate(session: InTransaction, token_pk: int, certificate_pk: int) -> None:
-    """Record which certificate a redeemed token yielded (``RedeemedToken.id``, the row's id)."""
-    _LINK.rows(session, {"token_pk": token_pk, "certificate_pk": certificate_pk})
+    """Record which certificate a redeemed token yielded (``RedeemedToken.id``, the row's id).
+
+    :func:`~certwright.store.bulk.add_certificate_row` links as it inserts (``link_token``).
+    """
+    link_token_to(session, token_pk, certificate_pk)
 
 
 def held(session: InTransaction, fingerprint_sha256: bytes) -> HeldCertificate | None:

@@ -858,10 +858,10 @@ def pause_first_recording(monkeypatch: pytest.MonkeyPatch, pause: Callable[[], N
     original = enrollment_module.add_certificate_row
     pending: list[Callable[[], None]] = [pause]
 
-    def add_certificate_row(session: Any, row: Any) -> int:
+    def add_certificate_row(session: Any, row: Any, **options: Any) -> int:
         if pending:
             pending.pop()()
-        return original(session, row)
+        return original(session, row, **options)
 
     monkeypatch.setattr(enrollment_module, "add_certificate_row", add_certificate_row)
 
@@ -1048,10 +1048,10 @@ def test_a_failure_inside_a_shared_transaction_costs_the_other_requests_nothing(
     bad_serial = pending[1].issued.serial
     original = enrollment_module.add_certificate_row
 
-    def add_certificate_row(session: Any, row: Any) -> int:
+    def add_certificate_row(session: Any, row: Any, **options: Any) -> int:
         if row[0]["serial"] == bad_serial:
             raise RuntimeError("disk full")
-        return original(session, row)
+        return original(session, row, **options)
 
     monkeypatch.setattr(enrollment_module, "add_certificate_row", add_certificate_row)
     results = enrollment.record(pending)

@@ -144,6 +144,63 @@ def test_add_certificate_row_stores_what_add_certificate_stores(store: Store, is
         add_certificate_row(session, row)
 
 
+@pytest.mark.parametrize("dns_names", [0, 2, 12])  # PostgreSQL: one statement up to 8 names, then three
+def test_add_certificate_row_stores_every_name_and_links_the_token(
+    store: Store, issue: Issue, dns_names: int
+) -> None:
+    new_token(store)
+    dns = tuple(f"n{i}.example.org" for i in range(dns_names))
+    cert = issue(identity="spiffe://example.org/ns/web", dns=dns)
+    row = certificate_fields(cert, profile="mtls", requested_by="tester", created_at=START)
+    with store.write() as session:
+        redeemed = redeem(session, SECRET_HASH, at=START, by="tester")
+        assert redeemed is not None
+        ident = add_certificate_row(session, row, link_token=redeemed.id)
+    with store.read() as session:
+        stored = get_by_serial(session, cert.serial_number)
+        assert stored is not None and stored.id == ident
+        assert sorted((n.kind.value, n.value) for n in stored.names) == sorted(
+            [("uri", "spiffe://example.org/ns/web"), *(("dns", d) for d in dns)]
+        )
+        token = get_token(session, "t1")
+        assert token is not None and token.certificate_id == ident and token.used_by == "tester"
+
+
+@pytest.mark.parametrize("count", [5, 20])  # PostgreSQL: one statement up to 16 events, then two
+def test_append_events_chains_and_moves_the_head_past_every_event(store: Store, count: int) -> None:
+    with store.write() as session:
+        append_event(session, kind=AuditKind.TOKEN, actor="a", at=START, subject="s0")
+    events = [EventSpec(AuditKind.ISSUED, "b", START, f"s{i}", {"n": i}) for i in range(1, count + 1)]
+    with store.write() as session:
+        append_events(session, events)
+    with store.write() as session:
+        append_event(session, kind=AuditKind.TOKEN, actor="c", at=START, subject="last")
+    with store.read() as session:
+        assert audit_head(session)[0] == count + 2
+        report = verify_chain(session)
+    assert report.ok, report
+
+
+def test_a_failed_joined_insert_leaves_no_row_no_name_and_the_token_unlinked(
+    store: Store, issue: Issue
+) -> None:
+    # A duplicate serial makes the whole statement fail (row, names and link alike).
+    new_token(store)
+    cert = issue(identity="spiffe://example.org/ns/web", dns=("api.example.org",))
+    row = certificate_fields(cert, profile="mtls", requested_by="tester", created_at=START)
+    with store.write() as session:
+        add_certificate_row(session, row)
+    before = columns(store, "t1")
+    with pytest.raises(DuplicateCertificateError), store.write() as session:
+        redeemed = redeem(session, SECRET_HASH, at=START, by="tester")
+        assert redeemed is not None
+        add_certificate_row(session, row, link_token=redeemed.id)
+    assert columns(store, "t1") == before  # rolled back: unused, unlinked
+    with store.read() as session:
+        stored = get_by_serial(session, cert.serial_number)
+        assert stored is not None and len(stored.names) == 2
+
+
 def test_lock_held_reads_the_status_a_renewal_decides_on(store: Store, issue: Issue) -> None:
     cert = issue(identity="spiffe://example.org/ns/web")
     row_id = store_cert(store, cert)
