@@ -629,9 +629,10 @@ class Authority:
 
         For callers that decide the names themselves from a grant (enrolment, renewal):
         the CSR's subject, SANs and extensions are ignored, the subject is the default
-        label. The key is read from the CSR's DER where its algorithm fixes its type (no
-        key object is built and encoded again; :func:`verify_csr` has loaded, and so
-        validated, it).
+        label. A usual fixed-size key with an uncompressed point is taken from the CSR's
+        DER as it is (no key object is built and encoded again; :func:`verify_csr` has
+        loaded, and so validated, it); any other key is loaded and encoded anew
+        (:func:`_csr_subject_and_key`).
 
         Example::
 

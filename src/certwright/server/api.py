@@ -697,20 +697,16 @@ class _Recorder:
     def _flush(self) -> None:
         batch, self.waiting = self.waiting, []
         try:
-            results = self.service.record([p for p, _ in batch], writer_wait=0.0)
-        except WriterBusy:  # nothing was written
-            self._wait_for_turn(batch)
-            return
-        except Exception as exc:  # the database could not be used: every request says so
-            self._busy_since = None
-            for _, future in batch:
-                _settle(future, exc)
-            return
-        busy = [entry for entry, result in zip(batch, results, strict=True) if isinstance(result, WriterBusy)]
-        for (_, future), result in zip(batch, results, strict=True):
-            if not isinstance(result, WriterBusy):
-                _settle(future, result)
-        if busy:  # one request alone, or those a failed batch left untried: nothing of theirs written
+            results: list[Enrolled | Exception] = self.service.record([p for p, _ in batch], writer_wait=0.0)
+        except Exception as exc:  # WriterBusy: nothing written; else the database could not be used
+            results = [exc] * len(batch)
+        busy: list[_Waiting] = []  # nothing of theirs written: they wait for the turn
+        for entry, result in zip(batch, results, strict=True):
+            if isinstance(result, WriterBusy):
+                busy.append(entry)
+            else:
+                _settle(entry[1], result)
+        if busy:
             self._wait_for_turn(busy)
         else:
             self._busy_since = None

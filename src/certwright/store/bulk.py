@@ -555,18 +555,19 @@ def add_certificate_row(session: InTransaction, row: Row, *, link_token: int | N
         ) from error
     if joined:
         return int(ident)
-    encode_name = encoders_for(dialect).names.encode
-    encoders_for(dialect).names.insert(
-        session,
-        [encode_name({"certificate_id": ident, "kind": kind, "value": value}) for kind, value in names],
-    )
+    encoder = encoders_for(dialect).names
+    rows = [encoder.encode({"certificate_id": ident, "kind": kind, "value": value}) for kind, value in names]
+    encoder.insert(session, rows)
     if link_token is not None:
-        link_token_to(session, link_token, int(ident))
+        link_certificate(session, link_token, int(ident))
     return int(ident)
 
 
-def link_token_to(session: InTransaction, token_pk: int, certificate_pk: int) -> None:
-    """Record which certificate a redeemed token yielded (the token's and the row's ids)."""
+def link_certificate(session: InTransaction, token_pk: int, certificate_pk: int) -> None:
+    """Record which certificate a redeemed token yielded (``RedeemedToken.id``, the row's id).
+
+    :func:`add_certificate_row` links as it inserts (``link_token``).
+    """
     _LINK_TOKEN.rows(session, {"token_pk": token_pk, "certificate_pk": certificate_pk})
 
 

@@ -501,9 +501,9 @@ def _create_engine(url: URL, *, echo: bool) -> Engine:
 
 
 # A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
-# SQLAlchemy's pool_pre_ping pings at every checkout: a round trip per transaction (two of
-# an enrolment's five). What drops connections is mostly idleness (a proxy's or firewall's
-# timeout, PostgreSQL's idle_session_timeout); a server restarted under load fails the
+# SQLAlchemy's pool_pre_ping pings at every checkout: a round trip per transaction (two
+# more on an enrolment's seven). What drops connections is mostly idleness (a proxy's or
+# firewall's timeout, PostgreSQL's idle_session_timeout); a server restarted under load fails the
 # statements of the connections in use at that moment once (SQLAlchemy then invalidates
 # the whole pool, as it does for any disconnect), and the requests get a 503 to retry.
 PING_AFTER_IDLE = 5.0

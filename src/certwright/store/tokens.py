@@ -29,7 +29,7 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from certwright.store.bulk import InTransaction, Prepared, RowEncoder, dialect_of, link_token_to
+from certwright.store.bulk import InTransaction, Prepared, RowEncoder, dialect_of, link_certificate
 from certwright.store.models import CertificateRecord, CertificateStatus, EnrollmentToken
 from certwright.x509.revocation_reason import RevocationReason
 
@@ -307,14 +307,6 @@ def certificate_status(session: InTransaction, serial: int, issuer_key_id: bytes
     """
     rows = _STATUS.rows(session, {"serial": serial, "issuer_key_id": issuer_key_id})
     return rows[0][0] if rows else None
-
-
-def link_certificate(session: InTransaction, token_pk: int, certificate_pk: int) -> None:
-    """Record which certificate a redeemed token yielded (``RedeemedToken.id``, the row's id).
-
-    :func:`~certwright.store.bulk.add_certificate_row` links as it inserts (``link_token``).
-    """
-    link_token_to(session, token_pk, certificate_pk)
 
 
 def held(session: InTransaction, fingerprint_sha256: bytes) -> HeldCertificate | None:
